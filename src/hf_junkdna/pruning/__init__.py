@@ -1,0 +1,14 @@
+"""Pruning: scores (magnitude, wanda, sparsegpt) -> selection (global, per layer, N:M) -> masks."""
+
+from . import magnitude  # noqa: F401  (registers the criterion)
+from .api import prunable_weights_for, prune, resolve_config
+from .registry import PRUNING_CRITERIA, get_criterion, register_criterion
+
+__all__ = [
+    "prune",
+    "prunable_weights_for",
+    "resolve_config",
+    "PRUNING_CRITERIA",
+    "get_criterion",
+    "register_criterion",
+]

@@ -1,0 +1,198 @@
+"""Mask selection: pure tensor maths from scores to keep-masks (True = kept).
+
+Every selector prunes the *lowest* scores and breaks ties deterministically by position (earlier tensor,
+then lower row-major index, is pruned first). That total order is what makes the counts exact and the
+masks nested: for one set of scores, the zeros at sparsity s1 are a subset of the zeros at s2 > s1.
+
+Global selection never concatenates the scores. It maps each score to an order-preserving integer key
+(its IEEE bit pattern, sign-corrected) and runs a radix select over 16-bit digits with histograms
+accumulated chunk by chunk, so the extra memory is a few MB whatever the model size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+_CHUNK = 1 << 22  # elements per histogram chunk: bounds temporaries to ~32 MB
+_DIGITS = 1 << 16
+
+
+def target_zeros(sparsity: float, numel: int) -> int:
+    """The exact number of zeros asked for: round(sparsity * numel) (round half to even, as Python)."""
+    return int(round(sparsity * numel))
+
+
+def _ordered_keys(scores: torch.Tensor, absolute: bool = False) -> torch.Tensor:
+    """Signed int32 keys whose order equals the float order of ``scores`` (or of ``|scores|``), flattened."""
+    flat = scores.reshape(-1)
+    if flat.dtype in (torch.bfloat16, torch.float16):
+        bits = flat.contiguous().view(torch.int16).to(torch.int32)
+        magnitude_bits = 0x7FFF
+    else:
+        if flat.dtype != torch.float32:
+            flat = flat.float()
+        bits = flat.contiguous().view(torch.int32)
+        magnitude_bits = 0x7FFFFFFF
+    if absolute:  # |x| is x with the sign bit cleared: no temporary |x| tensor needed
+        return bits & magnitude_bits
+    # negative floats order backwards in their bit patterns: flip their magnitude bits
+    return bits ^ ((bits >> 31) & magnitude_bits)
+
+
+def _key_width(scores: Sequence[torch.Tensor]) -> int:
+    half = all(score.dtype in (torch.bfloat16, torch.float16) for score in scores)
+    if half and len({score.dtype for score in scores}) == 1:
+        return 16
+    return 32
+
+
+def _chunks(tensor: torch.Tensor):
+    flat = tensor.reshape(-1)
+    for start in range(0, flat.numel(), _CHUNK):
+        yield flat[start : start + _CHUNK]
+
+
+def _digit_histogram(scores, width: int, shift: int, prefix: int | None, absolute: bool) -> torch.Tensor:
+    """Histogram of the 16-bit digit at ``shift`` among keys whose higher digits equal ``prefix``."""
+    histogram = torch.zeros(_DIGITS, dtype=torch.int64)
+    offset = 1 << (width - 1)  # move signed keys into [0, 2**width)
+    for score in scores:
+        for chunk in _chunks(score):
+            keys = _ordered_keys(chunk, absolute).to(torch.int64) + offset
+            if prefix is not None:
+                keys = keys[(keys >> (shift + 16)) == prefix]
+            digits = (keys >> shift) & (_DIGITS - 1)
+            histogram += torch.bincount(digits.cpu(), minlength=_DIGITS)
+    return histogram
+
+
+def _kth_key(scores: Sequence[torch.Tensor], k: int, absolute: bool) -> tuple[int, int]:
+    """The (unsigned, offset) key of the k-th smallest score (1-based) and how many keys are below it."""
+    width = _key_width(scores)
+    prefix = None
+    below = 0
+    key = 0
+    for shift in range(width - 16, -1, -16):
+        histogram = _digit_histogram(scores, width, shift, prefix, absolute)
+        cumulative = torch.cumsum(histogram, 0)
+        digit = int(torch.searchsorted(cumulative, torch.tensor(k - below), right=False))
+        below += int(cumulative[digit - 1]) if digit > 0 else 0
+        key = (key << 16) | digit
+        prefix = key
+    return key, below
+
+
+@torch.no_grad()
+def iter_select_smallest(scores: Sequence[torch.Tensor], num_zeros: int, absolute: bool = False):
+    """Yield, tensor by tensor, keep-masks that prune exactly ``num_zeros`` of the lowest scores overall.
+
+    With ``absolute=True`` the scores are ``|tensor|`` (magnitude pruning straight from the weights, with
+    no copy). A generator, so the caller can pack each mask before the next one is built.
+    """
+    total = sum(score.numel() for score in scores)
+    if not 0 <= num_zeros <= total:
+        raise ValueError(f"cannot prune {num_zeros} of {total} weights")
+    if num_zeros == 0 or num_zeros == total:
+        for score in scores:
+            yield torch.full(score.shape, num_zeros == 0, dtype=torch.bool, device=score.device)
+        return
+    width = _key_width(scores)
+    threshold, below = _kth_key(scores, num_zeros, absolute)
+    threshold -= 1 << (width - 1)  # back to signed key space
+    ties_to_prune = num_zeros - below
+    for score in scores:
+        keys = _ordered_keys(score, absolute).view(score.shape)
+        keep = keys > threshold
+        if ties_to_prune > 0:
+            ties = keys == threshold
+            tie_count = int(ties.sum())
+            if tie_count <= ties_to_prune:
+                ties_to_prune -= tie_count
+            else:
+                # prune only the first `ties_to_prune` tied positions (row-major), keep the later ones
+                order = torch.cumsum(ties.reshape(-1), 0, dtype=torch.int64).view(score.shape)
+                keep |= ties & (order > ties_to_prune)
+                ties_to_prune = 0
+        else:
+            keep |= keys == threshold
+        del keys
+        yield keep
+
+
+def select_smallest(scores: Sequence[torch.Tensor], num_zeros: int, absolute: bool = False) -> list[torch.Tensor]:
+    """List form of ``iter_select_smallest``."""
+    return list(iter_select_smallest(scores, num_zeros, absolute))
+
+
+@torch.no_grad()
+def _rank_within_rows(scores_2d: torch.Tensor) -> torch.Tensor:
+    """Rank (0 = lowest, ties by column index) of each entry within its row."""
+    order = torch.sort(scores_2d, dim=1, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(scores_2d.shape[1], device=scores_2d.device).expand_as(order).contiguous())
+    return ranks
+
+
+@torch.no_grad()
+def select_per_row(scores_out_in: torch.Tensor, num_zeros: int) -> torch.Tensor:
+    """Prune ``num_zeros`` weights of an (out, in) matrix, spread evenly over rows, lowest within each row.
+
+    Rows get ``num_zeros // rows`` zeros each and the first ``num_zeros % rows`` rows one more, so the
+    total is exact and growing ``num_zeros`` only ever adds zeros (masks nest).
+    """
+    rows, cols = scores_out_in.shape
+    if not 0 <= num_zeros <= rows * cols:
+        raise ValueError(f"cannot prune {num_zeros} of {rows * cols} weights")
+    base, extra = divmod(num_zeros, rows)
+    per_row = torch.full((rows, 1), base, dtype=torch.int64, device=scores_out_in.device)
+    per_row[:extra] += 1
+    return _rank_within_rows(scores_out_in) >= per_row
+
+
+@torch.no_grad()
+def select_n_m(scores_out_in: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the ``n`` highest of every ``m`` consecutive scores along the input dimension (dim 1)."""
+    rows, cols = scores_out_in.shape
+    if cols % m:
+        raise ValueError(f"input dimension {cols} is not divisible by M={m}")
+    groups = scores_out_in.reshape(rows * cols // m, m)
+    return (_rank_within_rows(groups) >= m - n).view(rows, cols)
+
+
+def _out_in(tensor: torch.Tensor, input_dim: int) -> torch.Tensor:
+    return tensor if input_dim == 1 else tensor.t()
+
+
+def iter_select(
+    scores: Sequence[torch.Tensor],
+    input_dims: Sequence[int],
+    sparsity: float,
+    scope: str,
+    n_m: tuple[int, int] | None = None,
+    absolute: bool = False,
+):
+    """Yield one keep-mask per score tensor (in the tensor's own shape) for a pattern and scope.
+
+    ``scope`` is "global" (one ranking across all tensors), "layer" (each tensor on its own) or "row"
+    (each output row on its own, Wanda's comparison group); ``n_m`` overrides scope with N:M groups along
+    the input dimension. ``input_dims[i]`` is the input-feature axis of tensor i (1 for nn.Linear).
+    """
+    if n_m is not None:
+        for score, input_dim in zip(scores, input_dims):
+            values = score.abs() if absolute else score
+            yield _out_in(select_n_m(_out_in(values, input_dim), *n_m), input_dim).contiguous()
+    elif scope == "global":
+        total = sum(score.numel() for score in scores)
+        yield from iter_select_smallest(scores, target_zeros(sparsity, total), absolute)
+    elif scope == "layer":
+        for score in scores:
+            yield from iter_select_smallest([score], target_zeros(sparsity, score.numel()), absolute)
+    elif scope == "row":
+        for score, input_dim in zip(scores, input_dims):
+            values = score.abs() if absolute else score
+            keep = select_per_row(_out_in(values, input_dim), target_zeros(sparsity, score.numel()))
+            yield _out_in(keep, input_dim).contiguous()
+    else:
+        raise ValueError(f"unknown selection scope {scope!r}")
