@@ -112,7 +112,9 @@ class SparsityConfig:
                 try:
                     re.compile(expression)
                 except re.error as error:
-                    raise SparsityConfigError(f"{name}: {expression!r} is not a valid regular expression ({error})")
+                    raise SparsityConfigError(
+                        f"{name}: {expression!r} is not a valid regular expression ({error})"
+                    ) from error
         if int(self.num_calibration_samples) <= 0:
             raise SparsityConfigError(f"num_calibration_samples={self.num_calibration_samples!r} must be positive")
         if int(self.sparsegpt_block_size) <= 0:
