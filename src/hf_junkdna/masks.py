@@ -41,7 +41,7 @@ def pack_bool(mask: torch.Tensor) -> torch.Tensor:
 def unpack_bool(packed: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
     """Inverse of ``pack_bool``."""
     numel = math.prod(shape)
-    bits = packed.reshape(-1, 1).bitwise_and(_BIT_VALUES.to(packed.device)).ne_(0)
+    bits = packed.reshape(-1, 1).bitwise_and(_BIT_VALUES.to(packed.device)).ne(0)
     return bits.view(-1)[:numel].view(tuple(shape))
 
 

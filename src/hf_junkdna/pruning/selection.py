@@ -11,6 +11,7 @@ accumulated chunk by chunk, so the extra memory is a few MB whatever the model s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +23,27 @@ _DIGITS = 1 << 16
 def target_zeros(sparsity: float, numel: int) -> int:
     """The exact number of zeros asked for: round(sparsity * numel) (round half to even, as Python)."""
     return int(round(sparsity * numel))
+
+
+def layer_zero_counts(sizes: Sequence[int], sparsity: float) -> list[int]:
+    """Zeros per layer for per-layer selection, adding up to exactly ``round(sparsity * sum(sizes))``.
+
+    Each layer gets about ``sparsity * size`` zeros. Think of layer i's j-th zero as becoming due at
+    sparsity (j - 1/2) / size_i; the counts are the first K due slots in the order (due sparsity, layer
+    index). Being a prefix of one fixed order, the counts only grow with sparsity, so masks still nest.
+    """
+    from fractions import Fraction
+
+    total = target_zeros(sparsity, sum(sizes))
+    counts = [min(size, max(0, math.floor(sparsity * size + 0.5))) for size in sizes]
+    due = lambda i, j: Fraction(2 * j - 1, 2 * sizes[i])  # noqa: E731 - when layer i's j-th zero is due
+    while sum(counts) > total:  # drop the latest-due slot; among equals, the later layer's
+        i = max((i for i, c in enumerate(counts) if c > 0), key=lambda i: (due(i, counts[i]), i))
+        counts[i] -= 1
+    while sum(counts) < total:  # add the earliest-due slot; among equals, the earlier layer's
+        i = min((i for i, c in enumerate(counts) if c < sizes[i]), key=lambda i: (due(i, counts[i] + 1), i))
+        counts[i] += 1
+    return counts
 
 
 def _ordered_keys(scores: torch.Tensor, absolute: bool = False) -> torch.Tensor:
@@ -37,8 +59,10 @@ def _ordered_keys(scores: torch.Tensor, absolute: bool = False) -> torch.Tensor:
         magnitude_bits = 0x7FFFFFFF
     if absolute:  # |x| is x with the sign bit cleared: no temporary |x| tensor needed
         return bits & magnitude_bits
-    # negative floats order backwards in their bit patterns: flip their magnitude bits
-    return bits ^ ((bits >> 31) & magnitude_bits)
+    # Negative floats order backwards in their bit patterns: flip their magnitude bits. Then shift the
+    # negatives up by one so that -0.0 and +0.0 get the same key (they are equal floats: a tie).
+    negative = bits >> 31  # -1 for negative floats, 0 otherwise
+    return (bits ^ (negative & magnitude_bits)) - negative
 
 
 def _key_width(scores: Sequence[torch.Tensor]) -> int:
@@ -187,12 +211,13 @@ def iter_select(
         total = sum(score.numel() for score in scores)
         yield from iter_select_smallest(scores, target_zeros(sparsity, total), absolute)
     elif scope == "layer":
-        for score in scores:
-            yield from iter_select_smallest([score], target_zeros(sparsity, score.numel()), absolute)
+        counts = layer_zero_counts([score.numel() for score in scores], sparsity)
+        for score, count in zip(scores, counts):
+            yield from iter_select_smallest([score], count, absolute)
     elif scope == "row":
-        for score, input_dim in zip(scores, input_dims):
+        counts = layer_zero_counts([score.numel() for score in scores], sparsity)
+        for score, input_dim, count in zip(scores, input_dims, counts):
             values = score.abs() if absolute else score
-            keep = select_per_row(_out_in(values, input_dim), target_zeros(sparsity, score.numel()))
-            yield _out_in(keep, input_dim).contiguous()
+            yield _out_in(select_per_row(_out_in(values, input_dim), count), input_dim).contiguous()
     else:
         raise ValueError(f"unknown selection scope {scope!r}")
