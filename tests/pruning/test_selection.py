@@ -150,4 +150,4 @@ def test_layer_counts_exact_close_and_monotone(sizes, a, b):
     assert sum(counts_low) == target_zeros(low, sum(sizes))
     assert sum(counts_high) == target_zeros(high, sum(sizes))
     assert all(0 <= c <= n and abs(c - low * n) <= 1.5 for c, n in zip(counts_low, sizes))
-    assert all(h >= l for h, l in zip(counts_high, counts_low)), "a layer lost zeros at higher sparsity"
+    assert all(hi >= lo for hi, lo in zip(counts_high, counts_low)), "a layer lost zeros at higher sparsity"
