@@ -1,0 +1,25 @@
+import math
+
+import pytest
+
+from hf_junkdna.experiments.tolerance import normalized_score, sparsity_tolerance
+
+
+def test_tolerance_walks_up_until_the_first_drop():
+    points = [(0.0, 1.0), (0.1, 1.0), (0.2, 0.995), (0.3, 0.98), (0.4, 0.999), (0.5, 0.5)]
+    assert sparsity_tolerance(points) == 0.2  # 0.4 recovers, but the curve did not *stay* above 0.99
+    assert sparsity_tolerance(points, threshold=0.97) == 0.4
+    assert sparsity_tolerance(list(reversed(points)), threshold=0.97) == 0.4  # order of input irrelevant
+
+
+def test_tolerance_edge_cases():
+    assert sparsity_tolerance([(0.0, 1.0), (0.1, 0.5)]) == 0.0
+    assert sparsity_tolerance([]) == 0.0
+    assert sparsity_tolerance([(0.1, math.nan), (0.2, 1.0)]) == 0.0
+    with pytest.raises(ValueError, match="threshold"):
+        sparsity_tolerance([(0.1, 1.0)], threshold=0)
+
+
+def test_normalized_score():
+    assert normalized_score(0.3, 0.6) == 0.5
+    assert math.isnan(normalized_score(0.3, 0.0))
