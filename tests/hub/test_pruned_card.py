@@ -1,0 +1,113 @@
+"""The model card and its inputs: template shipped in the package, results, tolerance, tables, metadata."""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+
+import pytest
+from huggingface_hub import ModelCard
+from tiny_models import tiny_llama
+
+from hf_junkdna import SparsityConfig, prune
+from hf_junkdna.hub import CURVE_NAME, RESULTS_NAME, SPARSITY_CONFIG_NAME, save_pruned
+from hf_junkdna.hub.results import curves, normalize_results
+
+RESULTS = [
+    {"sparsity": 0.0, "score": 0.80, "metric": "accuracy", "setting": "25% data", "difficulty": 0.25},
+    {"sparsity": 0.2, "score": 0.80, "metric": "accuracy", "setting": "25% data", "difficulty": 0.25},
+    {"sparsity": 0.5, "score": 0.78, "metric": "accuracy", "setting": "25% data", "difficulty": 0.25},
+    {"sparsity": 0.7, "score": 0.80, "metric": "accuracy", "setting": "25% data", "difficulty": 0.25},
+    {"sparsity": 0.0, "score": 0.90, "metric": "accuracy", "setting": "100% data", "difficulty": 1.0},
+    {"sparsity": 0.5, "score": 0.895, "metric": "accuracy", "setting": "100% data", "difficulty": 1.0},
+    {"sparsity": 0.7, "score": 0.60, "metric": "accuracy", "setting": "100% data", "difficulty": 1.0},
+]
+
+
+def test_template_ships_inside_the_package():
+    template = files("hf_junkdna.model_cards").joinpath("pruned_model_card.md")
+    assert template.is_file() and "{{ card_data }}" in template.read_text(encoding="utf-8")
+
+
+def test_card_without_results_says_so(tmp_path):
+    model = tiny_llama()
+    masks = prune(model, SparsityConfig(sparsity=0.5))
+    folder = save_pruned(model, tmp_path / "plain", masks)
+    card = ModelCard.load(folder / "README.md")
+    assert "No evaluation results were recorded" in card.text
+    assert "| setting |" not in card.text and "sparsity tolerance |" not in card.text and ".png" not in card.text
+    assert "not recorded" in card.text  # task, difficulty and command alike
+    assert not (folder / CURVE_NAME).exists() and not (folder / RESULTS_NAME).exists()
+    assert card.data.eval_results is None and "model-index" not in card.data.to_dict()
+    assert {"hf_junkdna", "sparse", "pruned", "magnitude"} <= set(card.data.tags)
+    assert "<details>" in card.text  # 14 pruned matrices: the per-layer table is folded
+
+
+def test_card_with_results(tmp_path):
+    model = tiny_llama()
+    masks = prune(model, SparsityConfig(sparsity=0.5, include=[r"layers\.0\.mlp"]))
+    folder = save_pruned(
+        model,
+        tmp_path / "with-results",
+        masks,
+        results=RESULTS,
+        task="sst2",
+        difficulty={"measure": "training data fraction", "value": 0.25},
+        command="accelerate launch recipes/glue.py --task sst2 --sparsity 0.5",
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="apache-2.0",
+    )
+    card = ModelCard.load(folder / "README.md")
+    text = card.text
+    assert "[HuggingFaceTB/SmolLM2-135M-Instruct](https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct)" in text
+    assert "training data fraction** = **0.25" in text and "**sst2**" in text
+    assert "stays ≥ **0.99** (threshold 0.99" in text
+    # 25% data: 0.2 holds, 0.5 drops to 0.975 (the recovery at 0.7 does not count); 100% data: 0.5 holds.
+    assert "| 25% data | 0.25 | accuracy | 20.0 % |" in text
+    assert "| 100% data | 1 | accuracy | 50.0 % |" in text
+    assert "| 25% data | 50.0 % | sparse | accuracy | 0.78 | 0.975 |" in text
+    assert "| 100% data | 0.0 % | dense | accuracy | 0.9 | 1 |" in text
+    assert f"![normalised score vs sparsity]({CURVE_NAME})" in text
+    assert (folder / CURVE_NAME).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert "accelerate launch recipes/glue.py --task sst2 --sparsity 0.5" in text
+    assert "- transformers: " in text and "- torch: " in text
+    assert "<details>" not in text  # 3 pruned matrices: the table is shown open
+    assert "| `model.layers.0.mlp.up_proj.weight` | 64 × 32 | " in text
+
+    data = card.data
+    assert data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and data.license == "apache-2.0"
+    (result,) = data.eval_results  # sparsity 0.5 at difficulty 0.25: this model; the rest is the sweep
+    assert (result.task_type, result.dataset_type, result.metric_type, result.metric_value) == (
+        "text-generation",
+        "sst2",
+        "accuracy",
+        0.78,
+    )
+    record = json.loads((folder / SPARSITY_CONFIG_NAME).read_text())
+    assert record["difficulty"] == {"measure": "training data fraction", "value": 0.25}
+    assert {(t["setting"], t["tolerance"]) for t in record["sparsity_tolerance"]} == {
+        ("25% data", 0.2),
+        ("100% data", 0.5),
+    }
+    saved = json.loads((folder / RESULTS_NAME).read_text())
+    assert saved["threshold"] == 0.99 and len(saved["results"]) == len(RESULTS)
+
+    lenient = save_pruned(model, tmp_path / "lenient", masks, results=RESULTS, threshold=0.95)
+    assert "| 25% data | 0.25 | accuracy | 70.0 % |" in (lenient / "README.md").read_text()
+
+
+def test_results_are_checked_and_normalised():
+    points = normalize_results(RESULTS)
+    by_key = {(p.setting, p.sparsity): p for p in points}
+    assert by_key[("25% data", 0.5)].normalized_score == pytest.approx(0.975)
+    assert by_key[("100% data", 0.0)].normalized_score == 1.0
+    tolerance = {c.setting: c.tolerance for c in curves(points, threshold=0.99)}
+    assert tolerance == {"25% data": 0.2, "100% data": 0.5}
+    no_baseline = normalize_results([{"sparsity": 0.5, "score": 0.7, "metric": "f1"}])
+    assert no_baseline[0].normalized_score is None and curves(no_baseline)[0].tolerance is None
+    with pytest.raises(ValueError, match=r"results\[0\] lacks 'score'"):
+        normalize_results([{"sparsity": 0.5, "metric": "f1"}])
+    with pytest.raises(ValueError, match="unknown key"):
+        normalize_results([{"sparsity": 0.5, "score": 1, "metric": "f1", "acc": 2}])
+    with pytest.raises(ValueError, match="outside"):
+        normalize_results([{"sparsity": 1.5, "score": 1, "metric": "f1"}])

@@ -1,0 +1,189 @@
+"""push_pruned_to_hub / load_pruned through the real huggingface_hub and transformers clients and the test server."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard, hf_hub_download
+from tiny_models import tiny_llama
+from transformers import AutoModelForCausalLM
+
+from hf_junkdna import SparsityConfig, prune
+from hf_junkdna.hub import (
+    MASKS_NAME,
+    SPARSITY_CONFIG_NAME,
+    CheckpointNotFoundError,
+    HubPushError,
+    RevisionNotFoundError,
+    load_pruned,
+    push_pruned_to_hub,
+)
+from hf_junkdna.hub.trainer_integration import default_command, push_trainer_to_hub
+
+BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+RESULTS = [
+    {"sparsity": 0.0, "score": 0.80, "metric": "accuracy", "setting": "25% data", "difficulty": 0.25},
+    {"sparsity": 0.3, "score": 0.80, "metric": "accuracy", "setting": "25% data", "difficulty": 0.25},
+    {"sparsity": 0.5, "score": 0.76, "metric": "accuracy", "setting": "25% data", "difficulty": 0.25},
+]
+
+
+def pruned_llama(seed=0):
+    model = tiny_llama(seed=seed)
+    return model, prune(model, SparsityConfig(sparsity=0.5))
+
+
+def same_weights(expected, actual) -> bool:
+    a, b = expected.state_dict(), actual.state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def writes(requests, marker):
+    return [r for r in requests if r["method"] in ("PUT", "POST") and marker in r["path"]]
+
+
+def test_push_list_download_load_and_unchanged_repush(hub_env, hub_repo_id):
+    api, server = HfApi(), hub_env.server
+    model, masks = pruned_llama()
+    kwargs = dict(results=RESULTS, task="sst2", difficulty={"measure": "training data fraction", "value": 0.25},
+                  command="python recipes/glue.py --sparsity 0.5", base_model=BASE)  # fmt: skip
+    info = push_pruned_to_hub(model, hub_repo_id, masks, **kwargs)
+    files = set(api.list_repo_files(hub_repo_id))
+    assert {"config.json", "model.safetensors", MASKS_NAME, SPARSITY_CONFIG_NAME, "README.md"} <= files
+    assert {"sparsity_curve.png", "sparsity_results.json"} <= files
+    assert len(writes(server.requests(), "/commit/")) == 1  # one commit for the whole checkpoint
+    assert hub_repo_id in [m.id for m in api.list_models(author=server.user, search=hub_repo_id)]
+
+    record = json.loads(Path(hf_hub_download(hub_repo_id, SPARSITY_CONFIG_NAME)).read_text())
+    assert record["regime"] == "sparse" and record["sparsity"] == pytest.approx(0.5)
+    assert AutoModelForCausalLM.from_pretrained(hub_repo_id).state_dict().keys() == model.state_dict().keys()
+    assert same_weights(model, AutoModelForCausalLM.from_pretrained(hub_repo_id))
+    loaded, loaded_masks = load_pruned(hub_repo_id)
+    assert same_weights(model, loaded) and loaded_masks == masks
+
+    card = ModelCard.load(hub_repo_id)
+    assert card.data.base_model == BASE and card.data.library_name == "transformers"
+    assert {"hf_junkdna", "sparse", "pruned", "magnitude"} <= set(card.data.tags)
+    (result,) = card.data.eval_results  # the point at this model's sparsity, not the whole sweep
+    assert (result.metric_type, result.metric_value, result.dataset_type) == ("accuracy", 0.76, "sst2")
+    assert card.data.to_dict()["model-index"][0]["name"] == hub_repo_id
+    assert "30.0 %" in card.text and "0.99" in card.text  # tolerance with its threshold
+
+    commits = len(api.list_repo_commits(hub_repo_id))
+    server.reset()
+    again = push_pruned_to_hub(model, hub_repo_id, masks, **kwargs)
+    requests = server.requests()
+    assert not [r for r in requests if r["method"] == "PUT"] and not writes(requests, "/commit/")
+    assert again.oid == info.oid and len(api.list_repo_commits(hub_repo_id)) == commits
+
+
+def test_revisions_stale_files_and_compressed_on_the_hub(hub_env, hub_repo_id):
+    api = HfApi()
+    model, masks = pruned_llama()
+    push_pruned_to_hub(model, hub_repo_id, masks)
+    # A second version on a new branch, compressed and sharded: main is untouched.
+    push_pruned_to_hub(model, hub_repo_id, masks, revision="compressed", compressed=True, max_shard_size="20KB")
+    on_branch = set(api.list_repo_files(hub_repo_id, revision="compressed"))
+    assert "model.safetensors.index.json" in on_branch
+    assert "model.safetensors" not in on_branch  # the old single file is deleted, not left to shadow the shards
+    assert "model.safetensors" in api.list_repo_files(hub_repo_id)
+    loaded, loaded_masks = load_pruned(hub_repo_id, revision="compressed")
+    assert same_weights(model, loaded) and loaded_masks == masks
+
+    with pytest.raises(RevisionNotFoundError, match="no revision 'no-such-branch'"):
+        load_pruned(hub_repo_id, revision="no-such-branch")
+    with pytest.raises(CheckpointNotFoundError, match="no such model repo"):
+        load_pruned(hub_repo_id + "-missing")
+
+
+def test_server_failure_during_push_then_retry(hub_env, hub_repo_id, tmp_path):
+    api, server = HfApi(), hub_env.server
+    model, masks = pruned_llama()
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    api.create_repo(hub_repo_id)
+
+    server.fail_next(r"/commit/main", status=500, method="POST")
+    with pytest.raises(HubPushError, match="500") as error:
+        push_pruned_to_hub(model, hub_repo_id, masks)
+    assert error.value.status_code == 500 and "push again" in str(error.value)
+    assert api.list_repo_files(hub_repo_id) == [".gitattributes"]  # no partial commit
+    assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())
+
+    # A 500 on an LFS object upload (of new objects: the failed push above already stored the first model's).
+    other, other_masks = pruned_llama(seed=1)
+    server.reset()
+    server.fail_next(r"/_lfs/upload/", status=500, method="PUT")
+    try:
+        push_pruned_to_hub(other, hub_repo_id, other_masks)
+        retried = True  # the client retried the upload by itself
+    except HubPushError as failure:
+        assert failure.status_code == 500
+        retried = False
+    assert [r for r in server.requests() if r.get("injected")]
+    print(f"LFS upload failing once: {'retried by the client' if retried else 'HubPushError'}")
+
+    push_pruned_to_hub(other, hub_repo_id, other_masks)  # the next push succeeds (or is a no-op)
+    loaded, loaded_masks = load_pruned(hub_repo_id)
+    assert same_weights(other, loaded) and loaded_masks == other_masks
+
+
+def test_token_is_never_written_logged_or_raised(hub_env, hub_repo_id, caplog, capfd):
+    token = hub_env.token
+    caplog.set_level(logging.DEBUG)
+    for name in ("huggingface_hub", "hf_junkdna", "transformers"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    messages = []
+    model, masks = pruned_llama()
+    push_pruned_to_hub(model, hub_repo_id, masks, token=token, results=RESULTS,
+                       command=f"python train.py --hub_token {token} --push_to_hub")  # fmt: skip
+    load_pruned(hub_repo_id, token=token)
+    hub_env.server.fail_next(r"/commit/main", status=500, method="POST")
+    other, other_masks = pruned_llama(seed=1)
+    with pytest.raises(HubPushError) as push_error:
+        push_pruned_to_hub(other, hub_repo_id, other_masks, token=token)
+    with pytest.raises(CheckpointNotFoundError) as missing:
+        load_pruned(hub_repo_id + "-missing", token=token)
+    with pytest.raises(RevisionNotFoundError) as revision:
+        load_pruned(hub_repo_id, revision="nope", token=token)
+    for error in (push_error.value, missing.value, revision.value):
+        while error is not None:
+            messages.append(f"{type(error).__name__}: {error} {error.args!r}")
+            error = error.__cause__ or error.__context__
+
+    card = ModelCard.load(hub_repo_id, token=token)
+    assert "<redacted>" in card.text and "--push_to_hub" in card.text
+    captured = capfd.readouterr()
+    assert token not in caplog.text and token not in captured.out and token not in captured.err
+    assert all(token not in message for message in messages)
+    needle = token.encode()
+    for base in (hub_env.server.root, hub_env.hf_home):
+        for path in base.rglob("*"):
+            if path.is_file():
+                assert needle not in path.read_bytes(), path
+    assert any(r["headers"].get("authorization") == f"Bearer {token}" for r in hub_env.server.requests())
+
+
+def test_default_command_redacts_secret_options():
+    argv = ["train.py", "--hub_token", "hf_secret", "--api-key=abc", "--lr", "1e-4", "--token", "x"]
+    assert default_command(argv) == (
+        "python train.py --hub_token '<redacted>' '--api-key=<redacted>' --lr 1e-4 --token '<redacted>'"
+    )
+
+
+def test_sparse_trainer_pushes_through_push_trainer_to_hub(hub_env, hub_repo_id, tmp_path):
+    training = pytest.importorskip("hf_junkdna.training", reason="SparseTrainer is not in src/hf_junkdna/training")
+    from transformers import TrainingArguments
+
+    model, masks = pruned_llama()
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), hub_model_id=hub_repo_id, report_to=[],
+                             use_cpu=True, save_strategy="no")  # fmt: skip
+    trainer = training.SparseTrainer(model=model, args=args, masks=masks)
+    push_trainer_to_hub(trainer, results=RESULTS, task="sst2", command="python run.py")
+    loaded, loaded_masks = load_pruned(hub_repo_id)
+    assert same_weights(model, loaded) and loaded_masks == masks
+    assert loaded_masks.metadata["regime"] == "sparse"
+    assert "python run.py" in ModelCard.load(hub_repo_id).text
