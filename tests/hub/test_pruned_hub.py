@@ -149,7 +149,9 @@ def test_token_is_never_written_logged_or_raised(hub_env, hub_repo_id, caplog, c
         load_pruned(hub_repo_id + "-missing", token=token)
     with pytest.raises(RevisionNotFoundError) as revision:
         load_pruned(hub_repo_id, revision="nope", token=token)
-    for error in (push_error.value, missing.value, revision.value):
+    with pytest.raises(HubPushError, match="refusing to upload README.md: it contains the access token") as leak:
+        push_pruned_to_hub(model, hub_repo_id, masks, token=token, task=f"pasted {token} by mistake")
+    for error in (push_error.value, missing.value, revision.value, leak.value):
         while error is not None:
             messages.append(f"{type(error).__name__}: {error} {error.args!r}")
             error = error.__cause__ or error.__context__

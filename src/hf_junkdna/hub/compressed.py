@@ -8,7 +8,7 @@ tensors named after its module (the layout compressed-tensors' BitmaskCompressor
     <module>.bitmask      uint8 [R, ceil(C/8)]       1 = non-zero; numpy.packbits(axis=-1, bitorder="little")
     <module>.row_offsets  int64 [R]                  index in ``compressed`` where each row starts
 
-and config.json gets ``quantization_config = {"quant_method": "compressed-tensors", "format": "dense",
+and config.json gets ``quantization_config = {"quant_method": "compressed-tensors", "version": ...,
 "sparsity_config": {"format": "sparse-bitmask", "global_sparsity": <percent>, "sparsity_structure": ...,
 "targets": [...], "ignore": []}}``. At 50 % sparsity in bf16 a weight takes 0.5 (values) + 1/16 (bitmask)
 + 4/C (row offsets) of its dense bytes; tensors without a mask (embeddings, norms, heads) stay dense.
@@ -98,11 +98,12 @@ def is_compressed_config(config: dict) -> bool:
 def sparsity_config_entry(names: list[str], global_sparsity: float, structure: str) -> dict:
     """The ``quantization_config`` block compressed-tensors/llm-compressor put in config.json for sparse-bitmask.
 
-    ``global_sparsity`` is written in percent, as llm-compressor does.
+    Sparsity only: no quantization keys (compressed-tensors 0.12 reads any key besides quant_method, version and
+    sparsity_config as a quantization config, which then fails validation). ``global_sparsity`` is in percent,
+    as llm-compressor writes it.
     """
     return {
         "quant_method": "compressed-tensors",
-        "format": "dense",
         "version": COMPRESSED_TENSORS_VERSION,
         "sparsity_config": {
             "format": WEIGHTS_SPARSE_BITMASK,
