@@ -160,3 +160,15 @@ def test_stock_from_pretrained_does_not_decompress(tmp_path):
         assert "model.layers.0.mlp.up_proj.compressed" in handle.keys()
     _, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
     assert set(masks.names()) <= set(info["missing_keys"])
+
+
+def test_compressed_weights_unannounced_are_not_loaded_as_random(tmp_path):
+    model = tiny_llama()
+    masks = prune(model, SparsityConfig(sparsity=0.5))
+    folder = save_pruned(model, tmp_path / "c", masks, compressed=True, regime="freeze")
+    for name, key in (("config.json", "quantization_config"), ("sparsity_config.json", "weights_format")):
+        data = json.loads((folder / name).read_text())
+        data.pop(key)
+        (folder / name).write_text(json.dumps(data))
+    with pytest.raises(CorruptCheckpointError, match="lack 14 pruned weight"):
+        load_pruned(folder)

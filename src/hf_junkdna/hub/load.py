@@ -23,7 +23,14 @@ from safetensors import safe_open
 from ..masks import MaskMismatchError, MaskSet
 from .compressed import SAFE_WEIGHTS_INDEX_NAME, decompress_folder, is_compressed_config, weight_files
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, MaskFileError, RevisionNotFoundError
-from .layout import MASKS_NAME, SPARSITY_CONFIG_NAME, ZERO_REGIMES, check_regime, read_json
+from .layout import (
+    MASKS_NAME,
+    SPARSITY_CONFIG_NAME,
+    WEIGHTS_SPARSE_BITMASK,
+    ZERO_REGIMES,
+    check_regime,
+    read_json,
+)
 from .save import zero_counts
 
 logger = logging.getLogger(__name__)
@@ -216,22 +223,33 @@ def load_pruned(
         raise CorruptCheckpointError(f"{where} has no config.json")
     config = json.loads(config_path.read_text(encoding="utf-8"))
     cls = _model_class(config, model_class, trust_remote_code)
-    kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": True, **from_pretrained_kwargs}
+    from_pretrained_kwargs.pop("output_loading_info", None)
+    kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": True, "output_loading_info": True}
+    kwargs.update(from_pretrained_kwargs)
 
-    if is_compressed_config(config):
+    if is_compressed_config(config) or record.get("weights_format") == WEIGHTS_SPARSE_BITMASK:
         weights = {path.name for path in weight_files(folder)} | {SAFE_WEIGHTS_INDEX_NAME, "config.json"}
         with tempfile.TemporaryDirectory(prefix="hf_junkdna-decompressed-") as dense_folder:
             for extra in folder.iterdir():  # generation config, tokenizer, remote code: all but weights and config
                 if extra.is_file() and extra.name not in weights:
                     shutil.copyfile(extra, Path(dense_folder) / extra.name)
             decompress_folder(folder, dense_folder)
-            model = cls.from_pretrained(dense_folder, **kwargs)
+            model, info = cls.from_pretrained(dense_folder, **kwargs)
     else:
-        model = cls.from_pretrained(folder, **kwargs)
+        model, info = cls.from_pretrained(folder, **kwargs)
     try:
+        missing = sorted(set(masks.names()) & set(info.get("missing_keys") or ()))
+        if missing:
+            raise CorruptCheckpointError(
+                f"{where}: the weight files lack {len(missing)} pruned weight(s) (first: {missing[0]!r}), which "
+                "from_pretrained would leave randomly initialised"
+            )
         masks.check_compatible(model)
         if regime in ZERO_REGIMES:
             _check_zeros(model, masks, where)
+    except CorruptCheckpointError:
+        del model
+        raise
     except MaskMismatchError as error:
         del model
         if str(error).startswith(where):
