@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .stable_files import canonicalize_safetensors
+
 FORMAT_VERSION = "1"
 _BIT_VALUES = torch.tensor([1 << bit for bit in range(8)], dtype=torch.uint8)
 _POPCOUNT = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype=torch.int64)
@@ -191,7 +193,8 @@ class MaskSet:
         parameters = dict(model.named_parameters())
         for name in self._packed:
             weight = parameters[name]
-            weight.mul_(self.get(name, device=weight.device).to(weight.dtype))
+            # masked_fill, not mul: -w * 0 would leave -0.0, which formats without sign bits cannot keep
+            weight.masked_fill_(~self.get(name, device=weight.device), 0)
 
     @classmethod
     @torch.no_grad()
@@ -241,6 +244,7 @@ class MaskSet:
         os.close(handle)
         try:
             save_file(tensors, tmp, metadata=header)
+            canonicalize_safetensors(tmp)  # same masks -> same bytes, so a re-push skips the file
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

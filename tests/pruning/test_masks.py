@@ -89,3 +89,14 @@ def test_intersect_and_from_zeros(llama):
     both = masks.intersect(other)
     for name in masks:
         assert torch.equal(both.masks[name], masks.masks[name] & other.masks[name])
+
+
+def test_save_is_byte_stable_and_pruned_zeros_are_positive(tmp_path, llama):
+    masks = prune(llama, sparsity=0.5)
+    masks.save(tmp_path / "a.safetensors")
+    masks.save(tmp_path / "b.safetensors")
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    parameters = dict(llama.named_parameters())
+    for name, keep in masks.items():
+        pruned = parameters[name][~keep]
+        assert not torch.signbit(pruned).any(), f"{name}: a pruned weight is -0.0"

@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 
 from .errors import CorruptCheckpointError
 from .layout import WEIGHTS_SPARSE_BITMASK
-from .stable_files import canonicalize_safetensors
+from ..stable_files import canonicalize_safetensors
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"

@@ -35,7 +35,6 @@ from .layout import (
 )
 from .plots import plot_sparsity_curves
 from .results import curves, normalize_results
-from .stable_files import canonicalize_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -248,5 +247,4 @@ def _save_masks(masks: MaskSet, path: Path, metadata: dict[str, Any]) -> None:
     """MaskSet.save with the regime added to its metadata (the caller's MaskSet is not modified)."""
     view = copy.copy(masks)  # shares the packed tensors, has its own metadata
     view.metadata = metadata
-    view.save(path)
-    canonicalize_safetensors(path)
+    view.save(path)  # MaskSet.save writes byte-stable files
