@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -158,6 +159,7 @@ class SweepRunner:
         calibration_data: Any = None,
         wanda_statistics: str = "dense",
         prepare: Prepare | None = None,
+        apply_masks: bool = True,
         is_main_process: bool = True,
         progress: bool = True,
     ):
@@ -170,6 +172,7 @@ class SweepRunner:
         self.calibration_data = calibration_data
         self.wanda_statistics = wanda_statistics
         self.prepare = prepare
+        self.apply_masks = apply_masks
         self.is_main_process = is_main_process
         self.progress = progress
         self.evaluations = 0  # evaluate() calls made by this runner (tests and logs use it)
@@ -194,48 +197,61 @@ class SweepRunner:
             fresh = self._run_pending(pending)
         return [self.store.get(cell) or fresh[cell] for cell in cells]
 
-    def _run_pending(self, pending: Sequence[CellKey]) -> dict[CellKey, dict[str, Any]]:
-        groups = self._groups(pending)
+    def _check_groups(self, groups) -> tuple[dict, dict, WeightSnapshot]:
+        """Validate every (method, pattern) against the model before any work (an N:M pattern whose M does not
+        divide a layer, missing calibration data...) and take the dense snapshot."""
         configs = {group: cell_config(self.sparsity_options, *group) for group in groups if group[0] != DENSE}
-        # Validate every group against the model before any work (e.g. an N:M pattern whose M does not divide a
-        # layer), and collect the weights that pruning may write.
         weights = {group: prunable_weights_for(self.model, config) for group, config in configs.items()}
-        for group, config in configs.items():
+        for (method, _), config in configs.items():
             if config.needs_calibration and self.calibration_data is None:
-                raise ValueError(f"calibration_data: method={group[0]!r} needs calibration data")
+                raise ValueError(f"calibration_data: method={method!r} needs calibration data")
+            if not self.apply_masks and not self._nests(method):
+                raise ValueError(
+                    f"apply_masks=False: method={method!r} writes the weights while it prunes, so it cannot leave "
+                    f"them dense; use a nesting method {NESTED_METHODS}"
+                )
         names = list(dict.fromkeys(weight.name for group in weights.values() for weight in group))
         snapshot = WeightSnapshot(self.model, None if self.prepare is not None else names)
         logger.info("dense snapshot: %d tensors, %.1f MB on the CPU", len(snapshot.tensors), snapshot.nbytes() / 2**20)
+        return configs, weights, snapshot
 
+    def _ranking(self, group, config, weights, snapshot):
+        if not self._nests(group[0]):
+            return None, {"wall_s": 0.0, "cpu_s": 0.0}
+        start = _clock()
+        ranking = nested_ranking(self.model, weights, config, self.calibration_data, snapshot)
+        elapsed = _elapsed(start)
+        logger.info("%s/%s: ranked once in %.1f s", *group, elapsed["wall_s"])
+        return ranking, elapsed
+
+    def _prune_level(self, config: SparsityConfig, ranking, level: float) -> MaskSet:
+        """Prune the (dense) model to ``level``: from the ranking, or with ``prune`` from the dense weights."""
+        if ranking is not None:
+            masks = ranking.masks_at(level)
+            if self.apply_masks:
+                masks.apply_to(self.model)
+            return masks
+        return prune(self.model, config.with_sparsity(level), self.calibration_data)
+
+    def _run_pending(self, pending: Sequence[CellKey]) -> dict[CellKey, dict[str, Any]]:
+        groups = self._groups(pending)
+        configs, weights, snapshot = self._check_groups(groups)
         records: dict[CellKey, dict[str, Any]] = {}
         bar = _progress_bar(len(pending), enabled=self.progress and self.is_main_process)
         try:
             for group, levels in groups.items():
-                method, pattern = group
-                if method == DENSE:
+                if group[0] == DENSE:
                     for cells in levels.values():
                         try:
                             self._evaluate_level(cells, None, {"wall_s": 0.0, "cpu_s": 0.0}, records, bar)
                         finally:
                             snapshot.restore(self.model)  # a prepare hook may have trained it
                     continue
-                config = configs[group]
-                ranking = None
-                rank_time = {"wall_s": 0.0, "cpu_s": 0.0}
-                if self._nests(method):
-                    start = _clock()
-                    ranking = nested_ranking(self.model, weights[group], config, self.calibration_data, snapshot)
-                    rank_time = _elapsed(start)
-                    logger.info("%s/%s: ranked once in %.1f s", method, pattern, rank_time["wall_s"])
+                ranking, rank_time = self._ranking(group, configs[group], weights[group], snapshot)
                 for level, cells in levels.items():
                     start = _clock()
-                    if ranking is not None:
-                        masks = ranking.masks_at(level)
-                        masks.apply_to(self.model)
-                    else:
-                        masks = prune(self.model, config.with_sparsity(level), self.calibration_data)
-                    prune_time = _elapsed(start)
-                    prune_time["ranking"] = rank_time
+                    masks = self._prune_level(configs[group], ranking, level)
+                    prune_time = {**_elapsed(start), "ranking": rank_time}
                     try:
                         self._evaluate_level(cells, masks, prune_time, records, bar)
                     finally:
@@ -244,6 +260,26 @@ class SweepRunner:
             bar.close()
             snapshot.restore(self.model)
         return records
+
+    @contextmanager
+    def pruned(self, method: str, pattern: str, sparsity: float) -> Iterator[MaskSet | None]:
+        """The model as one level of the sweep evaluated it (pruned, then ``prepare``d), dense again on exit.
+
+        For saving or pushing a checkpoint after the sweep; yields the masks (None for the dense reference).
+        In a distributed run, enter it on every process (``prepare`` may train with all of them).
+        """
+        group = (method, pattern)
+        configs, weights, snapshot = self._check_groups([group])
+        try:
+            masks = None
+            if method != DENSE:
+                ranking, _ = self._ranking(group, configs[group], weights[group], snapshot)
+                masks = self._prune_level(configs[group], ranking, sparsity)
+            if self.prepare is not None:
+                self.prepare(self.model, masks, CellKey(method, pattern, sparsity, ""))
+            yield masks
+        finally:
+            snapshot.restore(self.model)
 
     def _evaluate_level(self, cells, masks, prune_time, records, bar) -> None:
         if self.prepare is not None:
