@@ -310,3 +310,39 @@ def test_sigkill_then_resume_recomputes_only_unfinished_cells(tmp_path):
     clean = _child(tmp_path, tmp_path / "clean", clean_log, delay=0.0)
     assert clean.wait(timeout=300) == 0
     assert _metrics(tmp_path / "clean") == final  # resumed results equal a clean run
+
+
+def test_pruned_context_rebuilds_one_level_then_restores(tmp_path):
+    model = tiny_llama()
+    dense_state = _state(model)
+    runner = SweepRunner(model, ResultsStore(tmp_path, {}), lambda m, c: {}, calibration_data=CALIBRATION)
+    for method in ("magnitude", "sparsegpt"):
+        reference = tiny_llama()
+        expected = prune(reference, SparsityConfig(method=method, sparsity=0.4), CALIBRATION)
+        with runner.pruned(method, "unstructured", 0.4) as masks:
+            assert masks == expected
+            _assert_same_state(model, _state(reference))
+        _assert_same_state(model, dense_state)
+
+
+def test_apply_masks_false_hands_masks_to_prepare_and_keeps_weights_dense(tmp_path):
+    model = tiny_llama()
+    dense_state = _state(model)
+    prepared = []
+
+    def prepare(model, masks, cell):
+        _assert_same_state(model, dense_state)  # nothing zeroed: e.g. the "freeze" regime trains from here
+        prepared.append((cell.method, cell.sparsity, None if masks is None else round(masks.sparsity(), 2)))
+
+    cells = plan_cells(["magnitude", "wanda"], ["unstructured"], [0.0, 0.5], ["easy"])
+    runner = SweepRunner(
+        model, ResultsStore(tmp_path / "a", {}), lambda m, c: _score(m, c.setting), calibration_data=CALIBRATION,
+        prepare=prepare, apply_masks=False, progress=False,
+    )  # fmt: skip
+    runner.run(cells)
+    assert prepared == [("dense", 0.0, None), ("magnitude", 0.5, 0.5), ("wanda", 0.5, 0.5)]
+    cells = plan_cells(["sparsegpt"], ["unstructured"], [0.5], ["easy"])
+    runner = SweepRunner(model, ResultsStore(tmp_path / "b", {}), lambda m, c: {}, apply_masks=False,
+                         calibration_data=CALIBRATION)  # fmt: skip
+    with pytest.raises(ValueError, match="apply_masks=False: method='sparsegpt' writes the weights"):
+        runner.run(cells)
