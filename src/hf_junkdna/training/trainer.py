@@ -1,0 +1,204 @@
+"""SparseTrainer: a drop-in ``Trainer`` that prunes at construction and fine-tunes under one of four regimes.
+
+With plain ``TrainingArguments`` and no sparsity keyword it is the stock ``Trainer`` (regime "dense"). It
+overrides four methods, each a thin wrapper around ``super()``: ``log`` (adds sparsity to the training
+logs, so every ``report_to`` integration shows it), ``_save_checkpoint`` and ``save_model`` (write the
+masks next to the weights, atomically, on the main process) and ``train`` (reads the masks back from the
+checkpoint it resumes from), plus ``_clip_grad_norm``, which masks the gradients right before clipping so
+the clipped norm is the sparse model's (measured cheaper than masking in per-parameter gradient hooks,
+which the callbacks use under the stock Trainer). Everything else, the regime itself included, is a callback.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from ..config import SparsityConfig
+from ..masks import MaskMismatchError, MaskSet
+from ..pruning import get_criterion, prunable_weights_for, prune
+from .args import REGIMES, SparseTrainingArguments
+from .calibration import calibration_batches
+from .callbacks import REGIME_CALLBACKS, MaskRegimeCallback
+
+MASKS_NAME = "masks.safetensors"  # written into every checkpoint and next to save_model's weights
+
+
+class SparseTrainer(Trainer):
+    """``Trainer`` plus pruning and the fine-tuning regimes of the Junk DNA study.
+
+    Args (beyond ``Trainer``'s):
+        sparsity_config: how to prune ("sparse", "sparse_to_dense") or which weights to freeze ("freeze":
+            its ``sparsity`` is the frozen fraction) when ``args`` are plain ``TrainingArguments``.
+        masks: a precomputed ``MaskSet`` (True = kept / trainable) instead of pruning.
+        regime: "dense", "sparse", "freeze" or "sparse_to_dense" when ``args`` do not say it. Defaults to
+            "sparse" when ``sparsity_config`` or ``masks`` is given, else "dense".
+        calibration_data: batches for wanda/sparsegpt; by default ``num_calibration_samples`` examples of
+            the train dataset through the Trainer's data collator.
+
+    Every inconsistency (unknown regime, sparsity settings with "dense", settings given twice, masks of
+    another model) raises before the model's weights are touched.
+    """
+
+    def __init__(
+        self,
+        model=None,
+        args: TrainingArguments | None = None,
+        *trainer_args,
+        sparsity_config: SparsityConfig | None = None,
+        masks: MaskSet | None = None,
+        regime: str | None = None,
+        calibration_data: Any = None,
+        **trainer_kwargs,
+    ):
+        regime, sparsity_config, masks = _resolve(args, regime, sparsity_config, masks)
+        if regime != "dense":
+            if model is None:
+                raise ValueError(
+                    f"model: regime={regime!r} prunes at construction, so it needs the model (not model_init)"
+                )
+            if masks is not None:
+                _check_masks(masks, model, getattr(args, "mask_path", None))
+            else:
+                prunable_weights_for(model, sparsity_config)  # raises naming include/ignore/N:M misfits
+        super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        self.regime = regime
+        self.masks: MaskSet | None = None
+        self.regime_callback: MaskRegimeCallback | None = None
+        if regime == "dense":
+            return
+        if self.model_init is not None:
+            raise ValueError("model_init: SparseTrainer prunes the model it is given; pass model, not model_init")
+        if masks is None:
+            masks = self._compute_masks(regime, sparsity_config, calibration_data)
+        elif regime != "freeze":
+            masks.apply_to(self.model)
+        masks.metadata["regime"] = regime
+        self.masks = masks
+        self.regime_callback = self._make_callback(regime, masks)
+        self.add_callback(self.regime_callback)
+
+    # ------------------------------------------------------------ construction
+    def _compute_masks(self, regime: str, config: SparsityConfig, calibration_data: Any) -> MaskSet:
+        if regime == "freeze":  # select the smallest weights, touch nothing
+            masks = get_criterion("magnitude").compute_masks(prunable_weights_for(self.model, config), config)
+            masks.metadata["sparsity_config"] = config.to_dict()
+            return masks
+        if config.needs_calibration and calibration_data is None:
+            calibration_data = calibration_batches(self, config.num_calibration_samples)
+        return prune(self.model, config, calibration_data=calibration_data)
+
+    def _make_callback(self, regime: str, masks: MaskSet) -> MaskRegimeCallback:
+        # no gradient hooks: _clip_grad_norm masks all gradients in one pass (or the pre-step hook does)
+        callback_class = REGIME_CALLBACKS[regime]
+        if regime == "sparse_to_dense":
+            if isinstance(self.args, SparseTrainingArguments):
+                return callback_class(masks, grad_hooks=False, **self.args.regrowth_kwargs())
+            return callback_class(masks, grad_hooks=False, seed=self.args.seed)
+        return callback_class(masks, grad_hooks=False)
+
+    # ----------------------------------------------------------- overrides
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self.regime_callback is not None and "loss" in logs:  # training logs only, not eval
+            logs.update(self.regime_callback.statistics())
+        super().log(logs, *args, **kwargs)
+
+    def _clip_grad_norm(self, model):
+        binding = self.regime_callback.binding if self.regime_callback is not None else None
+        if binding is not None:  # the last backward of the step is done: mask once, before the norm
+            binding.mask_grads(mark=True)
+        return super()._clip_grad_norm(model)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        # after the parent: a checkpoint folder holding the masks file is complete
+        checkpoint = os.path.join(
+            self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        )
+        self._save_masks(checkpoint)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if not _internal_call:  # checkpoints get theirs in _save_checkpoint
+            self._save_masks(output_dir if output_dir is not None else self.args.output_dir)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+        if resume_from_checkpoint and self.regime_callback is not None:
+            self._load_masks(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    # ------------------------------------------------------------- masks files
+    def _save_masks(self, output_dir: str) -> None:
+        if self.masks is not None and self.args.should_save:
+            self.masks.save(os.path.join(output_dir, MASKS_NAME))  # atomic: temp file + rename
+
+    def _load_masks(self, checkpoint: str) -> None:
+        path = os.path.join(checkpoint, MASKS_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"resume_from_checkpoint={checkpoint!r} has no {MASKS_NAME}: it was not written by a SparseTrainer "
+                f"with regime {self.regime!r}, so its masks are unknown"
+            )
+        masks = MaskSet.load(path)
+        _check_masks(masks, self.model, path)
+        saved_regime = masks.metadata.get("regime")
+        if saved_regime not in (None, self.regime):
+            raise ValueError(f"{path!r} holds masks of regime {saved_regime!r}, but this trainer's is {self.regime!r}")
+        self.masks = masks
+        self.regime_callback.set_masks(masks)
+
+
+def _resolve(args, regime, sparsity_config, masks) -> tuple[str, SparsityConfig | None, MaskSet | None]:
+    """Merge the arguments and the keywords into (regime, config, masks); raise on any contradiction."""
+    if sparsity_config is not None and not isinstance(sparsity_config, SparsityConfig):
+        raise TypeError(f"sparsity_config must be a SparsityConfig, got {type(sparsity_config).__name__}")
+    if masks is not None and not isinstance(masks, MaskSet):
+        raise TypeError(f"masks must be a MaskSet, got {type(masks).__name__}")
+    if regime is not None and regime not in REGIMES:
+        raise ValueError(f"regime={regime!r} is not a regime; choose one of {REGIMES}")
+    if isinstance(args, SparseTrainingArguments) and args.regime != "dense":
+        if regime is not None and regime != args.regime:
+            raise ValueError(f"regime={regime!r} contradicts args.regime={args.regime!r}; give it once")
+        regime = args.regime
+        explicit = args._given(
+            ["sparsity_method", "sparsity", "sparsity_pattern", "sparsity_scope", "freeze_fraction"]
+        )
+        if sparsity_config is not None and explicit:
+            raise ValueError(
+                f"sparsity_config was given and so was args.{explicit[0]}; give the sparsity settings once"
+            )
+        if masks is not None and (explicit or args.mask_path):
+            raise ValueError("masks were given and args also say how to make them (mask_path or sparsity fields)")
+        if masks is None and args.mask_path is not None:
+            masks = MaskSet.load(args.mask_path)
+        if masks is None and sparsity_config is None:
+            sparsity_config = args.sparsity_config()
+    regime = regime or ("sparse" if (sparsity_config is not None or masks is not None) else "dense")
+    if regime == "dense":
+        if sparsity_config is not None or masks is not None:
+            given = "sparsity_config" if sparsity_config is not None else "masks"
+            raise ValueError(f"regime='dense' fine-tunes every weight, but {given} was given; pick another regime")
+        return regime, None, None
+    if masks is None and sparsity_config is None:
+        sparsity_config = SparsityConfig()
+    if regime == "freeze" and sparsity_config is not None and sparsity_config.method != "magnitude":
+        raise ValueError(
+            f"sparsity_config.method={sparsity_config.method!r} with regime='freeze': frozen weights are the "
+            "smallest-magnitude ones, use method='magnitude'"
+        )
+    return regime, sparsity_config, masks
+
+
+def _check_masks(masks: MaskSet, model, source: str | None) -> None:
+    try:
+        masks.check_compatible(model)
+    except MaskMismatchError as error:
+        where = f"mask file {source!r}: " if source else "masks: "
+        raise MaskMismatchError(f"{where}{error}") from error
