@@ -1,0 +1,100 @@
+"""Kill training with SIGKILL right after a checkpoint, resume in a new process: masks and invariants hold."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from training.training_helpers import tiny_bert
+
+from hf_junkdna import MaskSet
+from hf_junkdna.training import MASKS_NAME
+
+CHILD = os.path.join(os.path.dirname(__file__), "resume_child.py")
+
+
+def _env():
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    return env
+
+
+def _kill_after_checkpoint(model_dir, output_dir, regime, step=4, timeout=180):
+    child = subprocess.Popen(
+        [sys.executable, CHILD, str(model_dir), str(output_dir), regime, "start"],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    masks_file = output_dir / f"checkpoint-{step}" / MASKS_NAME
+    deadline = time.monotonic() + timeout
+    try:
+        while not masks_file.exists():
+            if child.poll() is not None:
+                pytest.fail(
+                    f"training exited ({child.returncode}) before checkpoint-{step}:\n{child.stdout.read().decode()}"
+                )
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {masks_file} after {timeout} s")
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    assert not (output_dir / f"checkpoint-{step + 2}").exists()  # it really died mid-run
+    return MaskSet.load(masks_file)
+
+
+def _resume(model_dir, output_dir, regime):
+    done = subprocess.run(
+        [sys.executable, CHILD, str(model_dir), str(output_dir), regime, "resume"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((output_dir / "resume_report.json").read_text())
+
+
+@pytest.mark.parametrize("regime", ["freeze", "sparse_to_dense"])
+def test_sigkill_after_checkpoint_then_resume(tmp_path, regime):
+    pretrained = tiny_bert()
+    model_dir = tmp_path / "pretrained"
+    pretrained.save_pretrained(model_dir)
+    original = {name: value.detach().clone() for name, value in pretrained.named_parameters()}
+    output_dir = tmp_path / "run"
+
+    checkpoint_masks = _kill_after_checkpoint(model_dir, output_dir, regime)
+    report = _resume(model_dir, output_dir, regime)
+
+    assert report["global_step"] == 4  # resumed where the checkpoint was, not from scratch
+    final_dir = output_dir / "final"
+    final_masks = MaskSet.load(final_dir / MASKS_NAME)
+    assert final_masks == checkpoint_masks  # bit-identical packed masks
+    assert MaskSet.load(output_dir / "checkpoint-8" / MASKS_NAME) == checkpoint_masks
+    state = json.loads((output_dir / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8  # training completed
+
+    from transformers import BertForSequenceClassification
+
+    final = dict(BertForSequenceClassification.from_pretrained(final_dir).named_parameters())
+    for name in final_masks.names():
+        keep = final_masks.get(name)
+        if regime == "freeze":  # frozen values identical to the ORIGINAL pretrained ones, across the kill
+            assert torch.equal(final[name][~keep], original[name][~keep]), name
+        assert not torch.equal(final[name][keep], original[name][keep]), name
+    if regime == "sparse_to_dense":
+        # linear over all 8 steps: at step 4 half the pruned half is released, the rest still exactly 0
+        assert report["trainable_fraction"] == pytest.approx(0.75, abs=0.01)
+        assert report["untrainable_are_zero"]
+        moved = torch.cat([(final[n][~final_masks.get(n)] != 0).float() for n in final_masks.names()])
+        assert float(moved.mean()) > 0.8
