@@ -148,3 +148,24 @@ def test_custom_training_loop_bind(tmp_path):
     parameters = dict(model.named_parameters())
     for name in masks.names():
         assert bool((parameters[name][~masks.get(name)] == 0).all())
+
+
+def test_a_skipped_optimizer_step_does_not_leave_gradients_unmasked():
+    """fp16 loss scaling skips optimizer steps (no step hooks run); the next step's gradients still get masked."""
+    from hf_junkdna import SparsityConfig, prune
+
+    model = tiny_bert()
+    masks = prune(model, SparsityConfig(sparsity=0.5))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    callback = SparseRegimeCallback(masks, grad_hooks=False)
+    binding = callback.bind(model, optimizer)
+    data = TokenData(8)
+    for _ in range(2):  # as SparseTrainer does each step: step begin, backward, mask before clipping
+        callback.on_step_begin(None, None, None)
+        model(input_ids=data.ids, labels=data.labels).loss.backward()
+        binding.mask_grads(mark=True)
+        parameters = dict(model.named_parameters())
+        for name in masks.names():
+            assert bool((parameters[name].grad[~masks.get(name)] == 0).all()), name
+        optimizer.zero_grad()  # the step was skipped: no optimizer.step(), so no post-step hook
+    callback.unbind()

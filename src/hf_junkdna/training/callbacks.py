@@ -50,6 +50,11 @@ class MaskRegimeCallback(TrainerCallback):
             raise ValueError(f"{type(self).__name__} needs the model and optimizer from the Trainer's callback kwargs")
         self.bind(model, optimizer, step=state.global_step, max_steps=state.max_steps)
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        # a step the optimizer skipped (fp16 overflow) never ran the post-step hook that clears these
+        if self.binding is not None:
+            self.binding.clear_marks()
+
     def on_train_end(self, args, state, control, **kwargs):
         self.unbind()
 

@@ -185,8 +185,7 @@ class MaskBinding:
         def post_hook(optimizer, args, kwargs):
             with torch.no_grad():
                 post_step(self)
-            for entry in self.entries:
-                entry.grad_masked = False
+            self.clear_marks()
 
         self._handles.append(self.optimizer.register_step_pre_hook(pre_hook))
         self._handles.append(self.optimizer.register_step_post_hook(post_hook))
@@ -209,6 +208,11 @@ class MaskBinding:
             entry.grad_masked = bool(sync)
 
         return hook
+
+    def clear_marks(self) -> None:
+        """Forget which gradients were masked (a new step's gradients are coming)."""
+        for entry in self.entries:
+            entry.grad_masked = False
 
     def detach(self) -> None:
         for handle in self._handles:
