@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-_CHUNK = 1 << 22  # elements per histogram chunk: bounds temporaries to ~32 MB
+_CHUNK = 1 << 22  # elements per chunk: bounds temporaries to ~16 MB (int32 keys + bool)
 _DIGITS = 1 << 16
 
 
@@ -46,66 +46,89 @@ def layer_zero_counts(sizes: Sequence[int], sparsity: float) -> list[int]:
     return counts
 
 
-def _ordered_keys(scores: torch.Tensor, absolute: bool = False) -> torch.Tensor:
-    """Signed int32 keys whose order equals the float order of ``scores`` (or of ``|scores|``), flattened."""
-    flat = scores.reshape(-1)
-    if flat.dtype in (torch.bfloat16, torch.float16):
-        bits = flat.contiguous().view(torch.int16).to(torch.int32)
-        magnitude_bits = 0x7FFF
-    else:
-        if flat.dtype != torch.float32:
-            flat = flat.float()
-        bits = flat.contiguous().view(torch.int32)
-        magnitude_bits = 0x7FFFFFFF
-    if absolute:  # |x| is x with the sign bit cleared: no temporary |x| tensor needed
-        return bits & magnitude_bits
-    # Negative floats order backwards in their bit patterns: flip their magnitude bits. Then shift the
-    # negatives up by one so that -0.0 and +0.0 get the same key (they are equal floats: a tie).
-    negative = bits >> 31  # -1 for negative floats, 0 otherwise
-    return (bits ^ (negative & magnitude_bits)) - negative
-
-
 def _key_width(scores: Sequence[torch.Tensor]) -> int:
+    """16 when every score has the same 16-bit float dtype (keys are then int16), else 32 (int32 keys)."""
     half = all(score.dtype in (torch.bfloat16, torch.float16) for score in scores)
     if half and len({score.dtype for score in scores}) == 1:
         return 16
     return 32
 
 
+def _ordered_keys(scores: torch.Tensor, absolute: bool = False, width: int | None = None) -> torch.Tensor:
+    """Flattened integer keys whose order equals the float order of ``scores`` (or of ``|scores|``).
+
+    int16 keys for 16-bit floats (``width`` 16), int32 otherwise; with ``absolute`` they are >= 0.
+    """
+    flat = scores.reshape(-1)
+    if width is None:
+        width = _key_width([scores])
+    if width == 16:
+        bits, magnitude_bits = flat.contiguous().view(torch.int16), 0x7FFF
+    else:
+        if flat.dtype != torch.float32:
+            flat = flat.float()
+        bits, magnitude_bits = flat.contiguous().view(torch.int32), 0x7FFFFFFF
+    if absolute:  # |x| is x with the sign bit cleared: no temporary |x| tensor needed
+        return bits & magnitude_bits
+    # Negative floats order backwards in their bit patterns: flip their magnitude bits. Then shift the
+    # negatives up by one so that -0.0 and +0.0 get the same key (they are equal floats: a tie). The
+    # result stays within the dtype: [-(2**(width-1)) + 1, 2**(width-1) - 1].
+    negative = bits >> (width - 1)  # -1 for negative floats, 0 otherwise
+    return (bits ^ (negative & magnitude_bits)) - negative
+
+
 def _chunks(tensor: torch.Tensor):
+    """(offset, chunk) pairs over the row-major flattened tensor."""
     flat = tensor.reshape(-1)
     for start in range(0, flat.numel(), _CHUNK):
-        yield flat[start : start + _CHUNK]
+        yield start, flat[start : start + _CHUNK]
 
 
-def _digit_histogram(scores, width: int, shift: int, prefix: int | None, absolute: bool) -> torch.Tensor:
-    """Histogram of the 16-bit digit at ``shift`` among keys whose higher digits equal ``prefix``."""
-    histogram = torch.zeros(_DIGITS, dtype=torch.int64)
-    offset = 1 << (width - 1)  # move signed keys into [0, 2**width)
-    for score in scores:
-        for chunk in _chunks(score):
-            keys = _ordered_keys(chunk, absolute).to(torch.int64) + offset
-            if prefix is not None:
-                keys = keys[(keys >> (shift + 16)) == prefix]
-            digits = (keys >> shift) & (_DIGITS - 1)
-            histogram += torch.bincount(digits.cpu(), minlength=_DIGITS)
-    return histogram
+def _bincount(digits: torch.Tensor) -> torch.Tensor:
+    """Histogram over [0, 2**16) on the CPU, counted where the digits live (no device-to-host copy of
+    the digits; on CUDA under deterministic algorithms, where bincount refuses to run, on the CPU)."""
+    if digits.device.type == "cuda" and torch.are_deterministic_algorithms_enabled():
+        digits = digits.cpu()
+    return torch.bincount(digits, minlength=_DIGITS).cpu()
+
+
+def _top_digit_offset(width: int, absolute: bool) -> int:
+    """Added to ``key >> (width - 16)`` to make the top digit non-negative (keys >= 0 need nothing)."""
+    return 0 if absolute else 1 << 15
 
 
 def _kth_key(scores: Sequence[torch.Tensor], k: int, absolute: bool) -> tuple[int, int]:
-    """The (unsigned, offset) key of the k-th smallest score (1-based) and how many keys are below it."""
+    """The signed key of the k-th smallest score (1-based) and how many keys are below it.
+
+    Radix select over 16-bit digits: one histogram pass for 16-bit floats, two for 32-bit keys (the
+    second only over the keys whose top digit matched). Keys are built chunk by chunk in their own width.
+    """
     width = _key_width(scores)
-    prefix = None
-    below = 0
-    key = 0
-    for shift in range(width - 16, -1, -16):
-        histogram = _digit_histogram(scores, width, shift, prefix, absolute)
-        cumulative = torch.cumsum(histogram, 0)
-        digit = int(torch.searchsorted(cumulative, torch.tensor(k - below), right=False))
-        below += int(cumulative[digit - 1]) if digit > 0 else 0
-        key = (key << 16) | digit
-        prefix = key
-    return key, below
+    offset = _top_digit_offset(width, absolute)
+    histogram = torch.zeros(_DIGITS, dtype=torch.int64)
+    for score in scores:
+        for _, chunk in _chunks(score):
+            keys = _ordered_keys(chunk, absolute, width)
+            if width == 32:
+                keys = keys >> 16
+            if offset:
+                keys = keys.to(torch.int32) + offset
+            histogram += _bincount(keys)
+    cumulative = torch.cumsum(histogram, 0)
+    top = int(torch.searchsorted(cumulative, torch.tensor(k), right=False))
+    below = int(cumulative[top - 1]) if top > 0 else 0
+    if width == 16:
+        return top - offset, below
+    prefix = top - offset  # the signed top 16 bits of the wanted key
+    histogram.zero_()
+    for score in scores:
+        for _, chunk in _chunks(score):
+            keys = _ordered_keys(chunk, absolute, width)
+            histogram += _bincount(keys[(keys >> 16) == prefix] & 0xFFFF)
+    cumulative = torch.cumsum(histogram, 0)
+    low = int(torch.searchsorted(cumulative, torch.tensor(k - below), right=False))
+    below += int(cumulative[low - 1]) if low > 0 else 0
+    return (prefix << 16) | low, below
 
 
 @torch.no_grad()
@@ -113,7 +136,8 @@ def iter_select_smallest(scores: Sequence[torch.Tensor], num_zeros: int, absolut
     """Yield, tensor by tensor, keep-masks that prune exactly ``num_zeros`` of the lowest scores overall.
 
     With ``absolute=True`` the scores are ``|tensor|`` (magnitude pruning straight from the weights, with
-    no copy). A generator, so the caller can pack each mask before the next one is built.
+    no copy). A generator, so the caller can pack each mask before the next one is built. Masks are
+    written chunk by chunk, so temporaries stay at a few MB whatever the tensor size.
     """
     total = sum(score.numel() for score in scores)
     if not 0 <= num_zeros <= total:
@@ -124,24 +148,25 @@ def iter_select_smallest(scores: Sequence[torch.Tensor], num_zeros: int, absolut
         return
     width = _key_width(scores)
     threshold, below = _kth_key(scores, num_zeros, absolute)
-    threshold -= 1 << (width - 1)  # back to signed key space
-    ties_to_prune = num_zeros - below
+    ties_to_prune = num_zeros - below  # >= 1: the k-th smallest itself is a tie of the threshold
     for score in scores:
-        keys = _ordered_keys(score, absolute).view(score.shape)
-        keep = keys > threshold
-        if ties_to_prune > 0:
+        keep = torch.empty(score.shape, dtype=torch.bool, device=score.device)
+        flat_keep = keep.view(-1)
+        for start, chunk in _chunks(score):
+            keys = _ordered_keys(chunk, absolute, width)
+            out = flat_keep[start : start + chunk.numel()]
+            if ties_to_prune == 0:  # every remaining tie is kept
+                torch.ge(keys, threshold, out=out)
+                continue
+            torch.gt(keys, threshold, out=out)
             ties = keys == threshold
-            tie_count = int(ties.sum())
+            tie_count = int(torch.count_nonzero(ties))
             if tie_count <= ties_to_prune:
                 ties_to_prune -= tie_count
-            else:
-                # prune only the first `ties_to_prune` tied positions (row-major), keep the later ones
-                order = torch.cumsum(ties.reshape(-1), 0, dtype=torch.int64).view(score.shape)
-                keep |= ties & (order > ties_to_prune)
+            else:  # prune only the first `ties_to_prune` tied positions (row-major), keep the later ones
+                first_kept = int(torch.nonzero(ties)[ties_to_prune])
+                out[first_kept:] |= ties[first_kept:]
                 ties_to_prune = 0
-        else:
-            keep |= keys == threshold
-        del keys
         yield keep
 
 
