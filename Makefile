@@ -39,7 +39,7 @@ style: $(STAMP)
 	$(VENV)/bin/ruff format src tests recipes benchmarks
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_global_magnitude.py
+	$(PY) benchmarks/bench_pruning.py
 
 clean:
 	rm -rf $(VENV) .cache build dist src/*.egg-info
