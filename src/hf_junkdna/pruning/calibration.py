@@ -226,7 +226,11 @@ def check_calibration_fits(model: nn.Module, batches: Sequence[CalibrationBatch]
 
 # ------------------------------------------------------------------------------------------- running
 def _input_device(model: nn.Module) -> torch.device:
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    """Where the calibration batches go: the input embeddings' device (else the first parameter's)."""
+    try:
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    except NotImplementedError:
+        embeddings = None
     weight = getattr(embeddings, "weight", None)
     if isinstance(weight, torch.Tensor):
         return weight.device
