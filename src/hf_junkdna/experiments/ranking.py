@@ -67,7 +67,6 @@ class NestedRanking:
         scope: str,
         absolute: bool = False,
         metadata: Mapping[str, Any] | None = None,
-        per_weight: bool = False,
     ):
         if len(scores) != len(weights):
             raise ValueError(f"got {len(scores)} score tensors for {len(weights)} weights")
@@ -76,7 +75,6 @@ class NestedRanking:
         self.config = config
         self.scope = scope
         self.absolute = absolute
-        self.per_weight = per_weight
         self.metadata = dict(metadata or {})
 
     @torch.no_grad()
@@ -85,16 +83,7 @@ class NestedRanking:
         config = self.config.with_sparsity(float(sparsity))  # validates: [0, 1), N:M consistency
         masks = MaskSet(metadata={**self.metadata, "sparsity_config": config.to_dict()})
         dims = [weight.input_dim for weight in self.weights]
-        if self.per_weight:  # each weight selected on its own: round(s * numel) zeros each, as Wanda's prune does
-            selected = (
-                keep
-                for index in range(len(self.weights))
-                for keep in iter_select(
-                    [self.scores[index]], [dims[index]], config.sparsity, self.scope, config.n_m, self.absolute
-                )
-            )
-        else:
-            selected = iter_select(self.scores, dims, config.sparsity, self.scope, config.n_m, absolute=self.absolute)
+        selected = iter_select(self.scores, dims, config.sparsity, self.scope, config.n_m, absolute=self.absolute)
         for weight, keep in zip(self.weights, selected):
             masks.set(weight.name, keep)
         return masks
@@ -129,9 +118,8 @@ def wanda_ranking(
         dense = {weight.name: weight.weight.detach().clone() for weight in weights}
     scores = _LazyWandaScores(weights, dense, statistics)
     metadata = {"wanda_statistics": "dense", **describe_model(model)}
-    scope = selection_scope(config, "row")
-    # like WandaCriterion: per layer, each weight gets exactly round(s * numel) zeros (spread over its rows)
-    return NestedRanking(weights, scores, config, scope, metadata=metadata, per_weight=scope == "row")
+    # per layer, as WandaCriterion: weights compete within output rows, zeros apportioned exactly over the layers
+    return NestedRanking(weights, scores, config, selection_scope(config, "row"), metadata=metadata)
 
 
 def nested_ranking(
