@@ -10,9 +10,9 @@ Offline default (packaged SmolLM2-135M-Instruct, the shipped TriviaQA-schema sam
 
     accelerate launch recipes/triviaqa.py
 
-`accelerate launch` without a config sets OMP_NUM_THREADS=1; on a CPU machine give the process its cores:
-
-    accelerate launch --num_cpu_threads_per_process 2 recipes/triviaqa.py
+`accelerate launch` without a config runs one CPU process with OMP_NUM_THREADS=1. On a dedicated machine
+`--num_cpu_threads_per_process 2` is faster; on a shared one keep one thread (measured on a loaded 2-core
+machine: 32 closed-book answers took 3.6 CPU-s with one thread and 14-36 CPU-s with two).
 
 Two processes on CPU (questions split between them, results gathered on the main process). `--cpu` with
 `--num_processes 2` silently runs ONE process; the multi-process launcher does run two, over gloo:
@@ -172,8 +172,8 @@ class SweepArguments:
     cpu_threads: int = field(
         default=0,
         metadata={
-            "help": "torch threads on CPU. 0 (auto): a single CPU process launched by accelerate (which sets "
-            "OMP_NUM_THREADS=1 unless given --num_cpu_threads_per_process) uses every core; N > 0: exactly N."
+            "help": "torch threads per process on CPU; 0 keeps what the launcher set (accelerate launch: "
+            "OMP_NUM_THREADS=1 unless --num_cpu_threads_per_process N)."
         },
     )
 
@@ -421,40 +421,35 @@ class QAEvaluator:
 
 # ------------------------------------------------------------------------------------------------ main
 def set_cpu_threads(state, requested: int) -> None:
-    if state.device.type != "cpu":
-        return
-    if requested > 0:
+    """Only on request: on a shared CPU machine one thread per process is the fast choice (OpenMP threads that
+    lose their core to another job make the others wait at every operation)."""
+    if requested > 0 and state.device.type == "cpu":
         torch.set_num_threads(requested)
-    elif (
-        state.num_processes == 1
-        and os.environ.get("OMP_NUM_THREADS") == "1"
-        and "ACCELERATE_MIXED_PRECISION" in os.environ  # launched by `accelerate launch`
-        and (os.cpu_count() or 1) > 1
-    ):
-        torch.set_num_threads(os.cpu_count())
-        logger.info(
-            "accelerate launch set OMP_NUM_THREADS=1 for this single CPU process; using all %d cores "
-            "(--cpu_threads N to choose)",
-            os.cpu_count(),
-        )
 
 
 def _cell_seconds(records) -> dict[str, float]:
-    """Evaluation and pruning time summed over every cell's record (also cells finished by earlier runs)."""
-    totals = {"evaluate_wall_s": 0.0, "evaluate_cpu_s": 0.0, "prune_wall_s": 0.0, "prune_cpu_s": 0.0}
-    pruned_levels = set()
+    """Evaluation, pruning and ranking time summed over every cell's record (also cells finished by earlier runs):
+    one pruning serves every setting of a level, one ranking every level of a (method, pattern)."""
+    totals = {name: 0.0 for name in ("evaluate_wall_s", "evaluate_cpu_s", "prune_wall_s", "prune_cpu_s")}
+    levels, groups = set(), set()
     for record in records:
-        timing = record.get("timing") or {}
-        totals["evaluate_wall_s"] += timing.get("evaluate", {}).get("wall_s", 0.0)
-        totals["evaluate_cpu_s"] += timing.get("evaluate", {}).get("cpu_s", 0.0)
-        key = record["key"]
-        level = (key["method"], key["pattern"], key["sparsity"])
-        if level not in pruned_levels:  # one pruning serves every setting of a level
-            pruned_levels.add(level)
-            prune = timing.get("prune", {})
-            totals["prune_wall_s"] += prune.get("wall_s", 0.0) + prune.get("ranking", {}).get("wall_s", 0.0)
-            totals["prune_cpu_s"] += prune.get("cpu_s", 0.0) + prune.get("ranking", {}).get("cpu_s", 0.0)
+        timing, key = record.get("timing") or {}, record["key"]
+        for clock in ("wall_s", "cpu_s"):
+            totals[f"evaluate_{clock}"] += timing.get("evaluate", {}).get(clock, 0.0)
+        prune = timing.get("prune", {})
+        if (key["method"], key["pattern"], key["sparsity"]) not in levels:
+            levels.add((key["method"], key["pattern"], key["sparsity"]))
+            for clock in ("wall_s", "cpu_s"):
+                totals[f"prune_{clock}"] += prune.get(clock, 0.0)
+        if (key["method"], key["pattern"]) not in groups:
+            groups.add((key["method"], key["pattern"]))
+            for clock in ("wall_s", "cpu_s"):
+                totals[f"prune_{clock}"] += prune.get("ranking", {}).get(clock, 0.0)
     return {name: round(value, 1) for name, value in totals.items()}
+
+
+def _model_label(name: str) -> str:
+    return "SmolLM2-135M-Instruct (packaged)" if name == SMOLLM2_ALIAS else Path(name.rstrip("/")).name
 
 
 def store_config(model_args, data_args, prompt_args, sweep_args, train_args) -> dict[str, Any]:
@@ -576,7 +571,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         figure = plot_normalized_curves(
             summary,
             Path(sweep_args.output_dir) / FIGURE,
-            title=f"TriviaQA, {Path(model_args.model_name_or_path).name}: normalised "
+            title=f"TriviaQA ({len(questions)} questions), {_model_label(model_args.model_name_or_path)}: normalised "
             f"{'exact match' if sweep_args.metric == 'exact_match' else 'F1'} vs sparsity",
         )
         run = {

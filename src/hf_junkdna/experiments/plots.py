@@ -65,7 +65,8 @@ def plot_normalized_curves(
                     )
                     continue
                 undefined = not points or len(points) < len(group["curves"][setting])
-                suffix = "dense score 0: undefined" if not points else f"tolerance {tolerance:.2f}"
+                dense = summary["dense"][setting].get(metric)
+                suffix = "dense score 0: undefined" if not points else f"dense {dense:.2f}, tolerance {tolerance:.2f}"
                 axis.plot(
                     [s for s, _ in points],
                     [v for _, v in points],
