@@ -10,9 +10,9 @@ hooks on the innermost torch optimizer, so it holds under accelerate's wrapper a
 - ``SparseRegimeCallback``: pruned weights stay exactly 0 (gradients and optimizer state at pruned
   positions are zeroed; re-zeroing after the step is skipped for optimizers that provably leave them at 0).
 - ``FreezeRegimeCallback``: masked-out ("frozen") weights stay bit-identical to their values at the start.
-  With AdamW the callback takes the decoupled weight decay of the affected param groups over and applies it
-  to trainable positions only, so frozen weights never move and nothing is stored; for other optimizers it
-  keeps the frozen values (only those) and writes them back after every step.
+  With AdamW the callback takes the decoupled weight decay of the masked tensors over and applies it to
+  their trainable positions only, so frozen weights never move and nothing is stored; for other optimizers
+  it keeps the frozen values (only those) and writes them back after every step.
 - ``SparseToDenseRegimeCallback``: pruned weights start at 0 and are released for training gradually
   (``schedule``), in a fixed pseudo-random order; their optimizer state is zeroed at release.
 """
@@ -32,7 +32,14 @@ from .mask_binding import MaskBinding, MaskedTensor, unwrap_model
 
 
 class MaskRegimeCallback(TrainerCallback):
-    """Base: binds masks to the optimizer at train begin; subclasses say what happens around each step."""
+    """Base: binds masks to the optimizer at train begin; subclasses say what happens around each step.
+
+    ``masks``: True = kept (sparse, sparse_to_dense) / trainable (freeze). ``grad_hooks``: also mask each
+    gradient in a post-accumulate-grad hook, so gradient clipping sees the sparse model's gradient (the
+    pre-step hook masks in any case). It costs more than one pass before the step (benchmark); the stock
+    Trainer has no event between backward and clipping, so it is the default here, while ``SparseTrainer``
+    turns it off and masks once right before clipping instead.
+    """
 
     regime: ClassVar[str]
 
