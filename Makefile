@@ -7,6 +7,9 @@ PYTEST_ARGS ?=
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# Idle OpenMP threads sleep instead of spinning: tests start 2-rank process groups on 2 cores, and spinning
+# threads of one process starve the other (10x swings measured on the shared 2-core machine).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install test demo quality style bench clean
 

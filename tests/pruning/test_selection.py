@@ -143,11 +143,14 @@ def test_n_m_along_input_dim_for_transposed_weights():
 @settings(max_examples=200, deadline=None)
 @given(sizes=st.lists(st.integers(1, 40), min_size=1, max_size=6), a=st.floats(0, 0.999), b=st.floats(0, 0.999))
 def test_layer_counts_exact_close_and_monotone(sizes, a, b):
+    # e.g. sizes [1, 1, 1, 1, 14] at 0.375: 7 zeros in all; the big layer's 7th is due (at 0.46) before
+    # any small layer's first (at 0.5), so it takes all 7: 1.75 over its share, within the bound
     from hf_junkdna.pruning.selection import layer_zero_counts
 
     low, high = sorted((a, b))
     counts_low, counts_high = layer_zero_counts(sizes, low), layer_zero_counts(sizes, high)
     assert sum(counts_low) == target_zeros(low, sum(sizes))
     assert sum(counts_high) == target_zeros(high, sum(sizes))
-    assert all(0 <= c <= n and abs(c - low * n) <= 1.5 for c, n in zip(counts_low, sizes))
+    bound = len(sizes) / 2 + 1  # Webster's method: a single multiplier, so rounding errors stay bounded
+    assert all(0 <= c <= n and abs(c - low * n) <= bound for c, n in zip(counts_low, sizes))
     assert all(hi >= lo for hi, lo in zip(counts_high, counts_low)), "a layer lost zeros at higher sparsity"

@@ -31,6 +31,9 @@ def layer_zero_counts(sizes: Sequence[int], sparsity: float) -> list[int]:
     Each layer gets about ``sparsity * size`` zeros. Think of layer i's j-th zero as becoming due at
     sparsity (j - 1/2) / size_i; the counts are the first K due slots in the order (due sparsity, layer
     index). Being a prefix of one fixed order, the counts only grow with sparsity, so masks still nest.
+    This is Webster's divisor method: counts are ``round(lambda * size)`` for one multiplier ``lambda``
+    close to ``sparsity``, so a layer misses its share by at most ``len(sizes) / 2 + 1`` zeros, and by
+    at most one when the layers have similar sizes (as in transformer blocks).
     """
     from fractions import Fraction
 

@@ -18,8 +18,8 @@ What ``sparsegpt_prune`` does, following Algorithm 1 of the paper:
   reached (adaptive mask selection), from the saliency w^2 / U_jj^2 of the weights as updated so far,
   over the whole (out, block) slab, ties broken by position (input column first, then output row).
 - exact counts: the layer gets exactly K zeros, K = round(s * out * in) for the pure function; through
-  ``prune``, K comes from ``layer_zero_counts`` as for the other criteria (each layer within one zero of
-  s * n_layer, the total over all layers exactly round(s * N)). Block b covering columns [c0, c1)
+  ``prune``, K comes from ``layer_zero_counts`` as for the other criteria (each layer close to s * n_layer,
+  the total over all layers exactly round(s * N)). Block b covering columns [c0, c1)
   gets floor(K * c1 / in) - floor(K * c0 / in) zeros, so the per-block counts add up to K exactly and
   each block is at sparsity s to within one weight.
 - N:M: every group of M consecutive columns of a row is decided when the sweep reaches it (the M - N

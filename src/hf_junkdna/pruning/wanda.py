@@ -5,7 +5,7 @@ squares per input feature. Patterns:
 
 - scope "layer" (the default, as in the paper): weights compete within each output row
   (selection scope "row"). As for magnitude pruning, the layers' zero counts come from
-  ``layer_zero_counts``: each layer within one zero of s * n_layer, the total exactly round(s * N); a
+  ``layer_zero_counts``: each layer close to s * n_layer (see its docstring), the total exactly round(s * N); a
   layer's count is spread over its rows as evenly as possible (``select_per_row``). Calibration is
   sequential: block k is scored on the outputs of the already pruned blocks < k.
 - N:M: the N highest scores of every M consecutive inputs of a row are kept (also sequential).
