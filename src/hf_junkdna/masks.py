@@ -22,6 +22,8 @@ from torch import nn
 from .stable_files import canonicalize_safetensors
 
 FORMAT_VERSION = "1"
+# The one file name for a MaskSet next to weights: in checkpoints, save_model output and pruned folders.
+MASKS_FILE_NAME = "sparsity_masks.safetensors"
 _BIT_VALUES = torch.tensor([1 << bit for bit in range(8)], dtype=torch.uint8)
 _POPCOUNT = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype=torch.int64)
 

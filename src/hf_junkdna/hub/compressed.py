@@ -29,9 +29,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..stable_files import canonicalize_safetensors
 from .errors import CorruptCheckpointError
 from .layout import WEIGHTS_SPARSE_BITMASK
-from ..stable_files import canonicalize_safetensors
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"

@@ -23,7 +23,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-MASKS_NAME = "sparsity_masks.safetensors"
+from ..masks import MASKS_FILE_NAME
+
+MASKS_NAME = MASKS_FILE_NAME
 SPARSITY_CONFIG_NAME = "sparsity_config.json"
 RESULTS_NAME = "sparsity_results.json"
 CURVE_NAME = "sparsity_curve.png"

@@ -18,13 +18,13 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..config import SparsityConfig
-from ..masks import MaskMismatchError, MaskSet
+from ..masks import MASKS_FILE_NAME, MaskMismatchError, MaskSet
 from ..pruning import get_criterion, prunable_weights_for, prune
 from .args import REGIMES, SparseTrainingArguments
 from .calibration import calibration_batches
 from .callbacks import REGIME_CALLBACKS, MaskRegimeCallback
 
-MASKS_NAME = "masks.safetensors"  # written into every checkpoint and next to save_model's weights
+MASKS_NAME = MASKS_FILE_NAME  # written into every checkpoint and next to save_model's weights
 
 
 class SparseTrainer(Trainer):
