@@ -341,8 +341,10 @@ def test_smollm2_open_book_beats_closed_book_on_the_sample():
     path = smollm2_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    # Plain "Question: ... Answer:" prompts with one worked example: inside its chat template this 135M model
+    # answers in full sentences (dense EM on all 256 questions: 0.03 closed / 0.12 open, against 0.47 / 0.76 here).
     questions = qa.load_triviaqa_sample("validation")[:64]
-    shots = qa.load_triviaqa_sample("train")[:3]
+    shots = qa.load_triviaqa_sample("train")[:1]
     scores = {}
     start = time.perf_counter()
     for setting in ("closed_book", "open_book"):

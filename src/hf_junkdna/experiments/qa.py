@@ -5,7 +5,7 @@ Pure helpers; the recipe (``recipes/triviaqa.py``) and the sweep runner do the o
 Records use a subset of the TriviaQA "rc" schema so that the real dataset maps onto them by column name::
 
     {
-        "question_id": "tqa-sample-0001",
+        "question_id": "jdna_tqa_0000",
         "question": "What is the capital of France?",
         "answer": {"value": "Paris", "aliases": ["Paris"],
                    "normalized_value": "paris", "normalized_aliases": ["paris"]},
