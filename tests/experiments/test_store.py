@@ -1,5 +1,6 @@
 import json
 import math
+import os
 
 import pytest
 
@@ -111,3 +112,6 @@ def test_atomic_writes_replace_and_leave_no_temporary_files(tmp_path):
     atomic_write_text(target, "new")
     assert target.read_text() == "new"
     assert sorted(p.name for p in target.parent.iterdir()) == ["out.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # readable like any other file, not mkstemp's 0600

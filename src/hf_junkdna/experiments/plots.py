@@ -40,7 +40,7 @@ def plot_normalized_curves(
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colour = {setting: colours[i % len(colours)] for i, setting in enumerate(settings)}
     figure, axes = plt.subplots(
-        1, len(panels), figsize=(4.2 * len(panels) + 0.6, 3.8), squeeze=False, sharex=True, sharey=True
+        1, len(panels), figsize=(4.2 * len(panels) + 0.6, 4.6), squeeze=False, sharex=True, sharey=True
     )
     lowest, highest = 1.0, 1.0
     for axis, (method, groups) in zip(axes[0], panels.items()):
@@ -78,7 +78,7 @@ def plot_normalized_curves(
         axis.set_title(method)
         axis.set_xlabel("sparsity")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8, loc="lower left")
+        axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)  # below: no data hidden
     short = {"exact_match": "exact match", "f1": "F1"}.get(metric, metric)
     axes[0][0].set_ylabel(f"normalised {short} (sparse / dense)")
     axes[0][0].set_ylim(min(0.0, lowest - 0.05), max(1.1, threshold + 0.05, highest + 0.05))
