@@ -252,6 +252,9 @@ class MaskSet:
         try:
             save_file(tensors, tmp, metadata=header)
             canonicalize_safetensors(tmp)  # same masks -> same bytes, so a re-push skips the file
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the file should read like any other
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

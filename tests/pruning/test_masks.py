@@ -100,3 +100,14 @@ def test_save_is_byte_stable_and_pruned_zeros_are_positive(tmp_path, llama):
     for name, keep in masks.items():
         pruned = parameters[name][~keep]
         assert not torch.signbit(pruned).any(), f"{name}: a pruned weight is -0.0"
+
+
+def test_saved_mask_file_has_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    path = tmp_path / "m.safetensors"
+    MaskSet({"w": torch.ones(8, dtype=torch.bool)}).save(path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
+import tiny_models
 import torch
-from transformers import BertConfig, BertForSequenceClassification, TrainerCallback, TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 from hf_junkdna.training import SparseTrainingArguments
 
 
 def tiny_bert(seed: int = 0, layers: int = 2, hidden: int = 32, intermediate: int = 64):
-    torch.manual_seed(seed)
-    config = BertConfig(
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        vocab_size=128,
-        max_position_embeddings=64,
-        num_labels=2,
-    )
-    return BertForSequenceClassification(config)
+    """The shared tiny BERT classifier (tests/tiny_models.py), in train mode as a fresh model is."""
+    return tiny_models.tiny_bert(seed=seed, layers=layers, hidden=hidden, intermediate=intermediate).train()
 
 
 class TokenData(torch.utils.data.Dataset):

@@ -30,30 +30,10 @@ from ..pruning.api import describe_model
 from ..pruning.base import selection_scope
 from ..pruning.calibration import check_calibration_fits, layer_by_layer, prepare_calibration_data
 from ..pruning.selection import iter_select
-from ..pruning.wanda import SquaredNormStatistics, wanda_scores
+from ..pruning.wanda import LazyWandaScores, SquaredNormStatistics
 from ..targets import PrunableWeight
 
 NESTED_METHODS = ("magnitude", "wanda")
-
-
-class _LazyWandaScores(Sequence):
-    """Wanda scores in each weight's own shape, computed on access (never all resident at once)."""
-
-    def __init__(self, weights, dense: Mapping[str, torch.Tensor], statistics: Mapping[str, SquaredNormStatistics]):
-        self._weights = list(weights)
-        self._dense = dense
-        self._statistics = statistics
-
-    def __len__(self) -> int:
-        return len(self._weights)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        weight = self._weights[index]
-        dense = self._dense[weight.name]
-        norms = self._statistics[weight.name].sum_sq.to(dense.device)
-        return weight.as_out_in(wanda_scores(weight.as_out_in(dense), norms))
 
 
 class NestedRanking:
@@ -116,7 +96,7 @@ def wanda_ranking(
     )
     if dense is None:
         dense = {weight.name: weight.weight.detach().clone() for weight in weights}
-    scores = _LazyWandaScores(weights, dense, statistics)
+    scores = LazyWandaScores(weights, statistics, dense)
     metadata = {"wanda_statistics": "dense", **describe_model(model)}
     # per layer, as WandaCriterion: weights compete within output rows, zeros apportioned exactly over the layers
     return NestedRanking(weights, scores, config, selection_scope(config, "row"), metadata=metadata)

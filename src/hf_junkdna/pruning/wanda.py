@@ -19,7 +19,7 @@ For one set of statistics the masks nest: higher sparsity only adds zeros.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -63,17 +63,19 @@ class SquaredNormStatistics:
         self.tokens += inputs.shape[0]
 
 
-def _own_shape_scores(weight: PrunableWeight, statistics: SquaredNormStatistics) -> torch.Tensor:
-    """Wanda scores in the weight's own shape (transposed back for Conv1D)."""
-    return weight.as_out_in(wanda_scores(weight.as_out_in(weight.weight), statistics.sum_sq))
+class LazyWandaScores(Sequence):
+    """Wanda scores per weight, in the weight's own shape, computed when accessed (global selection never
+    holds them all). ``dense`` maps names to weights to score instead of the live ones (a sweep's snapshot)."""
 
-
-class _LazyScores(Sequence):
-    """A sequence of score tensors computed when accessed, so global selection never holds them all."""
-
-    def __init__(self, weights: Sequence[PrunableWeight], statistics: dict[str, SquaredNormStatistics]):
+    def __init__(
+        self,
+        weights: Sequence[PrunableWeight],
+        statistics: Mapping[str, SquaredNormStatistics],
+        dense: Mapping[str, torch.Tensor] | None = None,
+    ):
         self._weights = list(weights)
         self._statistics = statistics
+        self._dense = dense
 
     def __len__(self) -> int:
         return len(self._weights)
@@ -82,7 +84,9 @@ class _LazyScores(Sequence):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         weight = self._weights[index]
-        return _own_shape_scores(weight, self._statistics[weight.name])
+        values = self._dense[weight.name] if self._dense is not None else weight.weight
+        norms = self._statistics[weight.name].sum_sq
+        return weight.as_out_in(wanda_scores(weight.as_out_in(values), norms))
 
 
 @register_criterion
@@ -124,7 +128,7 @@ class WandaCriterion(CalibratedCriterion):
         """Dense one-pass statistics, then one exact ranking over all layers (see the module docstring)."""
         statistics = layer_by_layer(model, weights, batches, self.new_statistics)
         masks = MaskSet()
-        scores = _LazyScores(weights, statistics)
+        scores = LazyWandaScores(weights, statistics)
         selected = iter_select(scores, [weight.input_dim for weight in weights], config.sparsity, "global")
         for weight, keep in zip(weights, selected):
             masks.set(weight.name, keep)
