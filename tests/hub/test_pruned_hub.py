@@ -22,7 +22,7 @@ from hf_junkdna.hub import (
     load_pruned,
     push_pruned_to_hub,
 )
-from hf_junkdna.hub.trainer_integration import default_command, push_trainer_to_hub
+from hf_junkdna.hub.trainer_integration import default_command
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 RESULTS = [
@@ -177,14 +177,15 @@ def test_default_command_redacts_secret_options():
 
 
 def test_sparse_trainer_pushes_through_push_trainer_to_hub(hub_env, hub_repo_id, tmp_path):
-    training = pytest.importorskip("hf_junkdna.training", reason="SparseTrainer is not in src/hf_junkdna/training")
     from transformers import TrainingArguments
+
+    from hf_junkdna.training import SparseTrainer
 
     model, masks = pruned_llama()
     args = TrainingArguments(output_dir=str(tmp_path / "run"), hub_model_id=hub_repo_id, report_to=[],
                              use_cpu=True, save_strategy="no")  # fmt: skip
-    trainer = training.SparseTrainer(model=model, args=args, masks=masks)
-    push_trainer_to_hub(trainer, results=RESULTS, task="sst2", command="python run.py")
+    trainer = SparseTrainer(model=model, args=args, masks=masks)
+    trainer.push_to_hub(results=RESULTS, task="sst2", command="python run.py")  # delegates to push_trainer_to_hub
     loaded, loaded_masks = load_pruned(hub_repo_id)
     assert same_weights(model, loaded) and loaded_masks == masks
     assert loaded_masks.metadata["regime"] == "sparse"

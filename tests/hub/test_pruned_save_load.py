@@ -195,11 +195,10 @@ def test_loaded_pair_continues_sparse_training(tmp_path):
 
 
 def test_loaded_pair_goes_into_sparse_trainer(tmp_path):
-    training = pytest.importorskip("hf_junkdna.training", reason="SparseTrainer is not in src/hf_junkdna/training yet")
-    if not hasattr(training, "SparseTrainer"):
-        pytest.skip("hf_junkdna.training does not expose SparseTrainer yet")
     from datasets import Dataset
     from transformers import TrainingArguments
+
+    from hf_junkdna.training import SparseTrainer
 
     model, masks = pruned_llama()
     folder = save_pruned(model, tmp_path / "out", masks)
@@ -207,7 +206,7 @@ def test_loaded_pair_goes_into_sparse_trainer(tmp_path):
     data = Dataset.from_list([{"input_ids": [1, 2, 3, 4, 5, 6], "labels": [1, 2, 3, 4, 5, 6]}] * 4)
     args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=2,
                              learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no")  # fmt: skip
-    trainer = training.SparseTrainer(model=loaded, args=args, train_dataset=data, masks=loaded_masks)
+    trainer = SparseTrainer(model=loaded, args=args, train_dataset=data, masks=loaded_masks)
     trainer.train()
     parameters = dict(trainer.model.named_parameters())
     for name, mask in loaded_masks.items():

@@ -125,6 +125,14 @@ class SparseTrainer(Trainer):
         if not _internal_call:  # checkpoints get theirs in _save_checkpoint
             self._save_masks(output_dir if output_dir is not None else self.args.output_dir)
 
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs):
+        """Push as a pruned checkpoint (weights + exact mask + card); a dense run pushes as Trainer does."""
+        if self.masks is None:
+            return super().push_to_hub(commit_message=commit_message, blocking=blocking, **kwargs)
+        from ..hub.trainer_integration import push_trainer_to_hub
+
+        return push_trainer_to_hub(self, commit_message=commit_message, blocking=blocking, **kwargs)
+
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         if resume_from_checkpoint is True:
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
