@@ -9,7 +9,7 @@ accuracy of each and writes all_results.json.
 Offline default (packaged all-MiniLM-L6-v2, real Rotten Tomatoes review sentences from a PyPI package, CPU):
 
     python recipes/regimes.py
-    python recipes/regimes.py --sparsity 0.7 --num_train 2000 --output_dir runs/regimes-70
+    python recipes/regimes.py --sparsity 0.7 --num_train 2000 --output_dir outputs/regimes-70
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class RegimeArguments:
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Encoder to fine-tune (default: the packaged all-MiniLM-L6-v2)."}
     )
-    output_dir: str = field(default="runs/regimes", metadata={"help": "Where all_results.json goes."})
+    output_dir: str = field(default="outputs/regimes", metadata={"help": "Where all_results.json goes."})
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
