@@ -39,12 +39,13 @@ _GATHER_BITS = 0x0102040810204080
 
 def pack_bool(mask: torch.Tensor) -> torch.Tensor:
     """Flatten a bool tensor and pack it into uint8, 8 entries per byte (bit i of byte j = entry 8j + i)."""
-    flat = mask.reshape(-1).to(torch.uint8)
+    flat = mask.reshape(-1)
+    flat = flat.view(torch.uint8) if flat.dtype == torch.bool else flat.to(torch.uint8)  # a view: no copy
     padding = (-flat.numel()) % 8
-    if padding:
+    if padding or flat.storage_offset() % 8:
         flat = torch.cat([flat, flat.new_zeros(padding)])
-    words = flat.view(-1, 8).contiguous().view(torch.int64).view(-1)
-    return ((words * _GATHER_BITS) >> 56).to(torch.uint8)
+    words = flat.view(torch.int64)  # one int64 per 8 weights; the product is the only temporary
+    return words.mul(_GATHER_BITS).bitwise_right_shift_(56).to(torch.uint8)
 
 
 def unpack_bool(packed: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
