@@ -27,6 +27,7 @@ from transformers import TrainerCallback
 from ..masks import MaskSet
 from . import optim_facts
 from . import schedule as regrowth
+from .backends.shards import ShardMaskSet, packed_storages, slice_bits
 from .bitops import keep_bool, scale_by_bits_
 from .mask_binding import MaskBinding, MaskedTensor, unwrap_model
 
@@ -55,7 +56,9 @@ class MaskRegimeCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if model is None or optimizer is None:
             raise ValueError(f"{type(self).__name__} needs the model and optimizer from the Trainer's callback kwargs")
-        self.bind(model, optimizer, step=state.global_step, max_steps=state.max_steps)
+        self.bind(
+            model, optimizer, step=state.global_step, max_steps=state.max_steps, keep_full_masks=args.should_save
+        )
 
     def on_step_begin(self, args, state, control, **kwargs):
         # a step the optimizer skipped (fp16 overflow) never ran the post-step hook that clears these
@@ -66,11 +69,23 @@ class MaskRegimeCallback(TrainerCallback):
         self.unbind()
 
     @torch.no_grad()
-    def bind(self, model, optimizer, step: int = 0, max_steps: int = 0) -> MaskBinding:
-        """Attach to ``optimizer`` (any wrapper around a torch optimizer); usable in custom training loops."""
+    def bind(
+        self, model, optimizer, step: int = 0, max_steps: int = 0, keep_full_masks: bool | None = None
+    ) -> MaskBinding:
+        """Attach to ``optimizer`` (any wrapper around a torch optimizer); usable in custom training loops.
+
+        Under a sharded backend (ZeRO, FSDP2) each rank binds the bits of its own shards; a rank that does not
+        keep the full masks (``keep_full_masks``; by default all but rank 0) then drops them and keeps a
+        ``ShardMaskSet``: 1 bit per weight of its shards instead of 1 bit per weight of the model.
+        """
         self.unbind()
         self.masks.check_compatible(unwrap_model(model))
         binding = MaskBinding(model, optimizer, self.masks, use_grad_hooks=self.grad_hooks)
+        if keep_full_masks is None:
+            keep_full_masks = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+        if binding.sharded and not keep_full_masks:
+            pieces = [(entry.name, entry.offset, entry.numel, entry.bits) for entry in binding.entries]
+            self.masks = ShardMaskSet.of_pieces(self.masks, pieces)
         self._prepare(binding, step, max_steps)
         binding.attach(self._pre_step, self._post_step)
         self.binding = binding
@@ -104,8 +119,8 @@ class MaskRegimeCallback(TrainerCallback):
     # ------------------------------------------------------------- logging
     def statistics(self) -> dict[str, float]:
         """Measured sparsity of the masked weights and the fraction trainable now (empty when not training)."""
-        if self.binding is None or not self.binding.entries:
-            return {}
+        if self.binding is None or not (self.binding.entries or self.binding.sharded):
+            return {}  # (a sharded rank without entries still joins the count's collective)
         weights, zeros, trainable = self.binding.count()
         return {"sparsity": zeros / weights, "trainable_fraction": trainable / weights}
 
@@ -113,11 +128,8 @@ class MaskRegimeCallback(TrainerCallback):
         """Bytes this regime keeps beyond the model and optimizer: packed masks and regime buffers."""
         total = self.masks.resident_bytes()
         if self.binding is not None:
-            total += sum(
-                entry.bits.numel()
-                for entry in self.binding.entries
-                if entry.bits.data_ptr() != self.masks.packed(entry.name).data_ptr()
-            )
+            held = packed_storages(self.masks)
+            total += sum(entry.bits.numel() for entry in self.binding.entries if entry.bits.data_ptr() not in held)
         return total
 
 
@@ -144,7 +156,9 @@ class FreezeRegimeCallback(MaskRegimeCallback):
     over: ``p *= 1 - lr * wd`` is applied to their trainable positions only, and for the step they sit in a
     copy of their param group with ``weight_decay`` 0 (the group's other parameters keep AdamW's own decay).
     Frozen weights then never move and nothing but the packed masks is held. For other optimizers (or L2
-    decay) the frozen values, only those, are kept and written back after every step.
+    decay), and under ZeRO and FSDP2 (whose flat master fragments / DTensor shards cannot change groups), the
+    frozen values of this rank's shards, only those, are kept and written back after every step. Under bf16
+    ZeRO they are the values the fp32 master starts from: bf16(pretrained) (docs/distributed.md).
     """
 
     regime = "freeze"
@@ -156,10 +170,15 @@ class FreezeRegimeCallback(MaskRegimeCallback):
         self._groups = _groups_of(binding.entries)
         self._splits: list[tuple[dict, list]] = []
         keeps = optim_facts.keeps_zero_grad_positions(optimizer)
-        self._take_over_decay = self._guard_weight_decay and keeps
-        needs_restore = not keeps or any(
-            optim_facts.weight_decay(group) > 0 and not optim_facts.decouples_weight_decay(optimizer, group)
-            for group in self._groups
+        # flat master fragments and DTensor shards cannot move between param groups: store the frozen values
+        self._take_over_decay = self._guard_weight_decay and keeps and binding.whole_parameters
+        needs_restore = (
+            not keeps
+            or not binding.whole_parameters
+            or any(
+                optim_facts.weight_decay(group) > 0 and not optim_facts.decouples_weight_decay(optimizer, group)
+                for group in self._groups
+            )
         )
         if needs_restore and self._guard_weight_decay:
             self._take_over_decay = False
@@ -265,13 +284,11 @@ class SparseToDenseRegimeCallback(MaskRegimeCallback):
         self._level = regrowth.release_level(self._fraction)
         self._base_bits, self._ranks = {}, {}
         for entry in binding.entries:
-            if entry.offset % 8:
-                raise ValueError(f"{entry.name}: a shard starting at element {entry.offset} is not byte-aligned")
             self._base_bits[id(entry)] = entry.bits
             seed = regrowth.parameter_seed(entry.name, self.seed)
-            self._ranks[id(entry)] = regrowth.byte_ranks(
-                entry.bits.numel(), entry.offset // 8, seed, entry.bits.device
-            )
+            # ranks of the parameter's own bytes that this entry's elements fall in (a shard may start mid-byte)
+            first, last = entry.offset // 8, (entry.offset + entry.numel + 7) // 8
+            self._ranks[id(entry)] = regrowth.byte_ranks(last - first, first, seed, entry.bits.device)
             entry.bits = self._trainable_bits(entry, self._level)
         binding.mask_values()  # not-yet-released weights are 0 (a no-op after pruning, and on resume)
         binding.mask_state()
@@ -280,6 +297,9 @@ class SparseToDenseRegimeCallback(MaskRegimeCallback):
     def _post_step(self, binding):
         if self._rezero:
             binding.mask_values()
+        if not binding.last_call:  # ZeRO steps its flat masters one call each: advance once per optimizer step
+            return
+        binding = binding.full
         self._step += 1
         self._fraction = self.released_fraction(self._step)
         level = regrowth.release_level(self._fraction)
@@ -301,7 +321,10 @@ class SparseToDenseRegimeCallback(MaskRegimeCallback):
         base = self._base_bits[id(entry)]
         if level <= 0:
             return base
-        bits = base | regrowth.released_bits(self._ranks[id(entry)], level)
+        released = regrowth.released_bits(self._ranks[id(entry)], level)
+        if entry.offset % 8:  # bring the parameter's byte layout to the shard's
+            released = slice_bits(released, entry.offset % 8, entry.numel)
+        bits = base | released
         remainder = entry.numel % 8
         if remainder:  # padding bits past the last weight stay 0
             bits[-1] &= (1 << remainder) - 1

@@ -6,7 +6,13 @@ logs, so every ``report_to`` integration shows it), ``_save_checkpoint`` and ``s
 masks next to the weights, atomically, on the main process) and ``train`` (reads the masks back from the
 checkpoint it resumes from), plus ``_clip_grad_norm``, which masks the gradients right before clipping so
 the clipped norm is the sparse model's (measured cheaper than masking in per-parameter gradient hooks,
-which the callbacks use under the stock Trainer). Everything else, the regime itself included, is a callback.
+which the callbacks use under the stock Trainer; under DeepSpeed, which clips inside its own step, the
+binding masks the reduced gradients there). Everything else, the regime itself included, is a callback.
+
+Distributed (docs/distributed.md): a DeepSpeed config the masks cannot serve is refused at construction; a
+model ZeRO-3 partitioned at load (zero.Init) is pruned by magnitude slice by slice (``backends.deepspeed``);
+under ZeRO and FSDP2, ranks other than the main one keep only their shards of the masks (``.masks`` is then
+a ``ShardMaskSet``) and read theirs from the checkpoint's mask file on resume.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from ..config import SparsityConfig
 from ..masks import MASKS_FILE_NAME, MaskMismatchError, MaskSet
 from ..pruning import get_criterion, prunable_weights_for, prune
 from .args import REGIMES, SparseTrainingArguments
+from .backends.deepspeed import apply_partitioned, check_deepspeed_config, prunable_partitioned, prune_partitioned
+from .backends.deepspeed import is_partitioned as partitioned
+from .backends.shards import ShardMaskSet
 from .calibration import calibration_batches
 from .callbacks import REGIME_CALLBACKS, MaskRegimeCallback
 
@@ -62,27 +71,47 @@ class SparseTrainer(Trainer):
                 )
             if masks is not None:
                 _check_masks(masks, model, getattr(args, "mask_path", None))
+            elif partitioned(model):  # ZeRO-3 zero.Init: shapes from ds_shape, magnitude only
+                prunable_partitioned(model, sparsity_config)
             else:
                 prunable_weights_for(model, sparsity_config)  # raises naming include/ignore/N:M misfits
+        self.regime_callback: MaskRegimeCallback | None = None
+        self._masks: MaskSet | None = None
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
         self.regime = regime
-        self.masks: MaskSet | None = None
-        self.regime_callback: MaskRegimeCallback | None = None
         if regime == "dense":
             return
         if self.model_init is not None:
             raise ValueError("model_init: SparseTrainer prunes the model it is given; pass model, not model_init")
+        if self.is_deepspeed_enabled:  # before any weight is touched: a config the masks cannot serve stops here
+            check_deepspeed_config(self.args.hf_deepspeed_config.config)
         if masks is None:
             masks = self._compute_masks(regime, sparsity_config, calibration_data)
+        elif regime != "freeze" and partitioned(self.model):
+            apply_partitioned(masks, self.model)  # each rank zeroes its own ZeRO-3 partitions
         elif regime != "freeze":
             masks.apply_to(self.model)
         masks.metadata["regime"] = regime
-        self.masks = masks
-        self.regime_callback = self._make_callback(regime, masks)
+        self.regime_callback = self._make_callback(regime, masks)  # holds the masks from here on (see .masks)
         self.add_callback(self.regime_callback)
+
+    @property
+    def masks(self) -> MaskSet | None:
+        """The masks (True = kept / trainable). Under ZeRO/FSDP2, ranks that do not save checkpoints hold only
+        their shards once training starts (a ``ShardMaskSet``); the main process keeps the full set."""
+        return self.regime_callback.masks if self.regime_callback is not None else self._masks
+
+    @masks.setter
+    def masks(self, value: MaskSet | None) -> None:
+        if self.regime_callback is not None:
+            self.regime_callback.set_masks(value)
+        else:
+            self._masks = value
 
     # ------------------------------------------------------------ construction
     def _compute_masks(self, regime: str, config: SparsityConfig, calibration_data: Any) -> MaskSet:
+        if partitioned(self.model):  # ZeRO-3 zero.Init: each rank scores its own partitions, nothing gathered
+            return prune_partitioned(self.model, config, keep_full=self.args.should_save, apply=regime != "freeze")
         if regime == "freeze":  # select the smallest weights, touch nothing
             masks = get_criterion("magnitude").compute_masks(prunable_weights_for(self.model, config), config)
             masks.metadata["sparsity_config"] = config.to_dict()
@@ -108,7 +137,7 @@ class SparseTrainer(Trainer):
 
     def _clip_grad_norm(self, model):
         binding = self.regime_callback.binding if self.regime_callback is not None else None
-        if binding is not None:  # the last backward of the step is done: mask once, before the norm
+        if binding is not None and not binding.masks_before_clip:  # the last backward is done: mask before the norm
             binding.mask_grads(mark=True)
         return super()._clip_grad_norm(model)
 
@@ -154,13 +183,13 @@ class SparseTrainer(Trainer):
                 f"resume_from_checkpoint={checkpoint!r} has no {MASKS_NAME}: it was not written by a SparseTrainer "
                 f"with regime {self.regime!r}, so its masks are unknown"
             )
-        masks = MaskSet.load(path)
+        # ranks that do not write checkpoints read only their shards' bits from the file, when they bind
+        masks = MaskSet.load(path) if self.args.should_save else ShardMaskSet.from_file(path)
         _check_masks(masks, self.model, path)
         saved_regime = masks.metadata.get("regime")
         if saved_regime not in (None, self.regime):
             raise ValueError(f"{path!r} holds masks of regime {saved_regime!r}, but this trainer's is {self.regime!r}")
         self.masks = masks
-        self.regime_callback.set_masks(masks)
 
 
 def _resolve(args, regime, sparsity_config, masks) -> tuple[str, SparsityConfig | None, MaskSet | None]:
