@@ -1,0 +1,49 @@
+"""A DeepSpeed config the mask code cannot serve is refused naming its key (no processes launched; the
+refusal at SparseTrainer construction and at train begin is checked on 2 ranks in test_zero2.py)."""
+
+import pytest
+
+from hf_junkdna.training import UnsupportedBackendError
+from hf_junkdna.training.backends.deepspeed import check_deepspeed_config
+
+
+def _config(**zero):
+    return {"zero_optimization": {"stage": 3, **zero}, "bf16": {"enabled": True}}
+
+
+SERVED = [
+    _config(),
+    _config(stage=2),
+    _config(stage3_param_persistence_threshold=0, sub_group_size=1000),
+    _config(offload_optimizer={"device": "cpu", "pin_memory": True}),
+    _config(offload_optimizer={"device": "none"}, offload_param={"device": "none"}),
+    {**_config(), "optimizer": {"type": "AdamW", "params": {"lr": "auto"}}},
+]
+
+REFUSED = {
+    "zero_optimization.stage": {"zero_optimization": {"stage": 1}, "bf16": {"enabled": True}},
+    "zero_optimization.stage=0": {"bf16": {"enabled": True}},
+    "zero_optimization.offload_optimizer.device": _config(offload_optimizer={"device": "nvme", "nvme_path": "/x"}),
+    "zero_optimization.offload_optimizer.ratio": _config(offload_optimizer={"device": "cpu", "ratio": 0.3}),
+    "zero_optimization.offload_param.device": _config(offload_param={"device": "cpu"}),
+    "zero_optimization.round_robin_gradients": _config(stage=2, round_robin_gradients=True),
+    "zero_optimization.zero_quantized_weights": _config(zero_quantized_weights=True),
+    "zero_optimization.zero_quantized_gradients": _config(zero_quantized_gradients=True),
+    "zero_optimization.zero_hpz_partition_size": _config(zero_hpz_partition_size=8),
+    "zero_optimization.mics_shard_size": _config(mics_shard_size=4),
+    "zero_optimization.zenflow": _config(stage=2, zenflow={"topk_ratio": 0.1}),
+    "optimizer.type": {**_config(), "optimizer": {"type": "Muon", "params": {}}},
+    "tensor_parallel.autotp_size": {**_config(), "tensor_parallel": {"autotp_size": 2}},
+}
+
+
+@pytest.mark.parametrize("config", SERVED)
+def test_served_configs_pass(config):
+    check_deepspeed_config(config)
+
+
+@pytest.mark.parametrize("key", sorted(REFUSED))
+def test_refused_configs_name_the_key(key):
+    with pytest.raises(UnsupportedBackendError, match=key.split("=")[0].replace(".", r"\.")) as error:
+        check_deepspeed_config(REFUSED[key])
+    assert "docs/distributed.md" in str(error.value)
