@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from training.training_helpers import tiny_bert
 
 from hf_junkdna import MaskSet
@@ -31,9 +32,10 @@ def _kill_after_checkpoint(model_dir, output_dir, regime, step=4, timeout=180):
         stderr=subprocess.STDOUT,
     )
     masks_file = output_dir / f"checkpoint-{step}" / MASKS_NAME
+    state_file = output_dir / f"checkpoint-{step}" / "trainer_state.json"  # written last: the checkpoint is whole
     deadline = time.monotonic() + timeout
     try:
-        while not masks_file.exists():
+        while not (masks_file.exists() and state_file.exists()):
             if child.poll() is not None:
                 pytest.fail(
                     f"training exited ({child.returncode}) before checkpoint-{step}:\n{child.stdout.read().decode()}"
@@ -65,7 +67,7 @@ def _resume(model_dir, output_dir, regime):
     return json.loads((output_dir / "resume_report.json").read_text())
 
 
-@pytest.mark.parametrize("regime", ["freeze", "sparse_to_dense"])
+@pytest.mark.parametrize("regime", ["sparse", "freeze", "sparse_to_dense"])
 def test_sigkill_after_checkpoint_then_resume(tmp_path, regime):
     pretrained = tiny_bert()
     model_dir = tmp_path / "pretrained"
@@ -91,6 +93,10 @@ def test_sigkill_after_checkpoint_then_resume(tmp_path, regime):
         keep = final_masks.get(name)
         if regime == "freeze":  # frozen values identical to the ORIGINAL pretrained ones, across the kill
             assert torch.equal(final[name][~keep], original[name][~keep]), name
+        if regime == "sparse":  # pruned weights exactly 0 in the checkpoints' weights and the final ones
+            for folder in (output_dir / "checkpoint-4", output_dir / "checkpoint-8", final_dir):
+                saved = load_file(str(folder / "model.safetensors"))[name]
+                assert not saved[~keep].any(), f"{folder.name}: {name}"
         assert not torch.equal(final[name][keep], original[name][keep]), name
     if regime == "sparse_to_dense":
         # linear over all 8 steps: at step 4 half the pruned half is released, the rest still exactly 0
@@ -98,3 +104,39 @@ def test_sigkill_after_checkpoint_then_resume(tmp_path, regime):
         assert report["untrainable_are_zero"]
         moved = torch.cat([(final[n][~final_masks.get(n)] != 0).float() for n in final_masks.names()])
         assert float(moved.mean()) > 0.8
+
+
+def test_killed_while_saving_resumes_from_the_last_whole_checkpoint(tmp_path, monkeypatch):
+    """A kill inside checkpoint-4's save (during the mask write) with save_total_limit=1: checkpoint-2 must
+    survive (rotation comes after the masks and the trainer state) and resuming must start from it."""
+    from training.training_helpers import TokenData, training_args
+
+    from hf_junkdna.training import SparseTrainer
+
+    class Killed(BaseException):  # like SIGKILL: nothing in the Trainer catches it
+        pass
+
+    real_save = MaskSet.save
+
+    def save_or_die(self, path):
+        if "checkpoint-4" in str(path):
+            raise Killed
+        real_save(self, path)
+
+    args = dict(regime="sparse", sparsity=0.5, max_steps=6, save_strategy="steps", save_steps=2, save_total_limit=1)
+    trainer = SparseTrainer(tiny_bert(), training_args(tmp_path, **args), train_dataset=TokenData())
+    monkeypatch.setattr(MaskSet, "save", save_or_die)
+    with pytest.raises(Killed):
+        trainer.train()
+    monkeypatch.setattr(MaskSet, "save", real_save)
+    output_dir = tmp_path / "out"
+    assert (output_dir / "checkpoint-2" / "trainer_state.json").exists()
+    assert not (output_dir / "checkpoint-4" / "trainer_state.json").exists()
+
+    resumed = SparseTrainer(tiny_bert(), training_args(tmp_path, **args), train_dataset=TokenData())
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 6
+    assert MaskSet.load(output_dir / "checkpoint-6" / MASKS_NAME) == resumed.masks
+    parameters = dict(resumed.model.named_parameters())
+    for name, keep in resumed.masks.items():
+        assert not parameters[name].detach()[~keep].any(), name

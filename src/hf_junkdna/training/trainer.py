@@ -21,7 +21,7 @@ import os
 from typing import Any
 
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
 
 from ..config import SparsityConfig
 from ..masks import MASKS_FILE_NAME, MaskMismatchError, MaskSet
@@ -84,7 +84,8 @@ class SparseTrainer(Trainer):
         if self.model_init is not None:
             raise ValueError("model_init: SparseTrainer prunes the model it is given; pass model, not model_init")
         if self.is_deepspeed_enabled:  # before any weight is touched: a config the masks cannot serve stops here
-            check_deepspeed_config(self.args.hf_deepspeed_config.config)
+            # (args.deepspeed or the accelerate launch config: the plugin holds it either way)
+            check_deepspeed_config(self.accelerator.state.deepspeed_plugin.deepspeed_config)
         if masks is None:
             masks = self._compute_masks(regime, sparsity_config, calibration_data)
         elif regime != "freeze" and partitioned(self.model):
@@ -141,18 +142,12 @@ class SparseTrainer(Trainer):
             binding.mask_grads(mark=True)
         return super()._clip_grad_norm(model)
 
-    def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        # after the parent: a checkpoint folder holding the masks file is complete
-        checkpoint = os.path.join(
-            self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        )
-        self._save_masks(checkpoint)
-
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call=_internal_call)
-        if not _internal_call:  # checkpoints get theirs in _save_checkpoint
-            self._save_masks(output_dir if output_dir is not None else self.args.output_dir)
+        # Also for checkpoints (_internal_call): the parent's _save_checkpoint saves the model first, then
+        # the optimizer, the trainer state, and only then rotates old checkpoints away, so a checkpoint that
+        # has a trainer_state.json always has its masks, whenever the process is killed.
+        self._save_masks(output_dir if output_dir is not None else self.args.output_dir)
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs):
         """Push as a pruned checkpoint (weights + exact mask + card); a dense run pushes as Trainer does."""
@@ -164,7 +159,7 @@ class SparseTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir, needs_masks=self.masks is not None)
             if resume_from_checkpoint is None:
                 raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
         if resume_from_checkpoint and self.regime_callback is not None:
@@ -190,6 +185,26 @@ class SparseTrainer(Trainer):
         if saved_regime not in (None, self.regime):
             raise ValueError(f"{path!r} holds masks of regime {saved_regime!r}, but this trainer's is {self.regime!r}")
         self.masks = masks
+
+
+def last_complete_checkpoint(output_dir: str, needs_masks: bool) -> str | None:
+    """The newest checkpoint-N folder that was written to the end (trainer state, and masks if needed).
+
+    A process killed while saving leaves a newest folder without ``trainer_state.json`` (the parent writes
+    it after the weights and masks, and rotates old checkpoints only after that): resuming skips it.
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    numbered = []
+    for name in os.listdir(output_dir):
+        prefix, _, step = name.partition("-")
+        if prefix == "checkpoint" and step.isdigit() and os.path.isdir(os.path.join(output_dir, name)):
+            numbered.append((int(step), os.path.join(output_dir, name)))
+    for _, folder in sorted(numbered, reverse=True):
+        complete = os.path.isfile(os.path.join(folder, TRAINER_STATE_NAME))
+        if complete and (not needs_masks or os.path.isfile(os.path.join(folder, MASKS_NAME))):
+            return folder
+    return None
 
 
 def _resolve(args, regime, sparsity_config, masks) -> tuple[str, SparsityConfig | None, MaskSet | None]:
