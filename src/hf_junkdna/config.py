@@ -39,7 +39,8 @@ class SparsityConfig:
     ``1 - N/M`` (leave it unset, or give exactly that value). ``scope`` says over which set the
     ``round(sparsity * n)`` smallest scores are chosen: all prunable weights at once ("global") or each
     weight matrix on its own ("layer"; Wanda then compares within each output row, as in its paper).
-    SparseGPT reconstructs layer by layer and so only supports "layer".
+    SparseGPT reconstructs layer by layer; with "global", one magnitude ranking over all layers sets how many
+    zeros each layer gets, and SparseGPT chooses and reconstructs within each layer.
     ``include``/``ignore`` are regular expressions searched in parameter names (``re.search``); each must
     match at least one prunable weight, so a typo fails loudly instead of pruning nothing.
     """
@@ -96,11 +97,6 @@ class SparsityConfig:
             self.scope = "global" if self.method == "magnitude" else "layer"
         if self.scope not in SCOPES:
             raise SparsityConfigError(f"scope={self.scope!r}: choose one of {SCOPES}")
-        if self.method == "sparsegpt" and self.scope == "global" and n_m is None:
-            raise SparsityConfigError(
-                "scope='global' with method='sparsegpt': SparseGPT reconstructs each layer on its own, so its "
-                "masks are chosen per layer; use scope='layer'"
-            )
         for name in ("include", "ignore"):
             value = getattr(self, name)
             if value is None:

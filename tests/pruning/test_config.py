@@ -34,7 +34,6 @@ def test_n_m_fixes_sparsity():
         ({"pattern": "blocky"}, "pattern='blocky'"),
         ({"method": "random"}, "method='random'"),
         ({"scope": "row"}, "scope='row'"),
-        ({"method": "sparsegpt", "scope": "global"}, "scope='global'"),
         ({"include": ["("]}, "include"),
         ({"num_calibration_samples": 0}, "num_calibration_samples"),
     ],

@@ -255,3 +255,18 @@ def test_model_untouched_when_a_block_fails(method, failing_block, failing_call)
         handle.remove()
     for name, parameter in model.named_parameters():
         assert torch.equal(parameter, before[name]), name
+
+
+def test_global_scope_takes_per_layer_counts_from_one_magnitude_ranking():
+    model = tiny_llama()
+    dense = {name: p.detach().clone() for name, p in model.named_parameters()}
+    magnitude = prune(tiny_llama(), sparsity=0.6, scope="global")  # same seed: same dense weights
+    data = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(1))
+    masks = prune(model, SparsityConfig(method="sparsegpt", sparsity=0.6, scope="global"), data)
+    assert masks.num_zeros() == target_zeros(0.6, masks.num_weights())  # exact over the whole model
+    assert {n: masks.num_zeros(n) for n in masks} == {n: magnitude.num_zeros(n) for n in magnitude}
+    assert len({round(masks.sparsity(n), 3) for n in masks}) > 1  # not uniform: the ranking decided
+    parameters = dict(model.named_parameters())
+    for name, keep in masks.items():
+        assert not parameters[name][~keep].any()
+        assert not torch.equal(parameters[name][keep], dense[name][keep])  # reconstructed within the layer

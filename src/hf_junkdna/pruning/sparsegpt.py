@@ -38,7 +38,7 @@ from ..masks import MaskSet
 from ..targets import PrunableWeight
 from .calibration import CalibratedCriterion, layer_by_layer
 from .registry import register_criterion
-from .selection import layer_zero_counts, target_zeros
+from .selection import iter_select_smallest, layer_zero_counts, target_zeros
 
 _MAX_DAMPENING_RETRIES = 3
 
@@ -227,6 +227,22 @@ class HessianStatistics:
         return self.xtx * (2.0 / max(self.tokens, 1))
 
 
+@torch.no_grad()
+def zero_counts(weights: list[PrunableWeight], config) -> list[int]:
+    """Zeros per layer, adding up to exactly round(s * N).
+
+    scope "layer": each layer gets its share (``layer_zero_counts``). scope "global": one magnitude ranking
+    over all prunable weights of the dense model decides how many zeros each layer takes (layers with many
+    small weights take more); SparseGPT then chooses *which* weights within each layer and reconstructs the
+    rest, as usual. (Its own saliencies are not comparable across layers before the layers below are pruned.)
+    """
+    if config.scope != "global":
+        return layer_zero_counts([weight.weight.numel() for weight in weights], config.sparsity)
+    tensors = [weight.weight.detach() for weight in weights]
+    total = target_zeros(config.sparsity, sum(tensor.numel() for tensor in tensors))
+    return [int(keep.numel() - torch.count_nonzero(keep)) for keep in iter_select_smallest(tensors, total, True)]
+
+
 @register_criterion
 class SparseGPTCriterion(CalibratedCriterion):
     name = "sparsegpt"
@@ -239,8 +255,7 @@ class SparseGPTCriterion(CalibratedCriterion):
     @torch.no_grad()
     def prune(self, model, weights, config, calibration_data=None) -> MaskSet:
         batches = self.calibration_batches(model, config, calibration_data)
-        sizes = [weight.weight.numel() for weight in weights]
-        counts = dict(zip((weight.name for weight in weights), layer_zero_counts(sizes, config.sparsity)))
+        counts = dict(zip((weight.name for weight in weights), zero_counts(weights, config)))
         masks = MaskSet()
 
         def prune_block(block_weights, statistics):
