@@ -11,6 +11,7 @@ linear layer), so this works for encoders, decoders and encoder-decoders without
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ try:  # transformers' Conv1D stores the weight as (in_features, out_features)
     from transformers.pytorch_utils import Conv1D
 except ImportError:  # pragma: no cover - transformers is a hard dependency, this is belt and braces
     Conv1D = ()
+
+
+logger = logging.getLogger(__name__)
 
 
 class NoPrunableWeightsError(ValueError):
@@ -60,7 +64,7 @@ def _is_linear(module: nn.Module) -> bool:
 
 
 def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The transformer blocks in forward order: children of homogeneous ModuleLists holding linear layers.
+    """The transformer blocks in forward order: children of ModuleLists whose every child holds linear layers.
 
     Nested lists (e.g. experts inside a block) are not blocks of their own: only the outermost matching
     lists count.
@@ -72,10 +76,11 @@ def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
             continue
         if any(list_name.startswith(prefix + ".") for prefix in claimed):
             continue
-        classes = {type(child) for child in module}
-        if len(classes) != 1 or _is_linear(module[0]):
+        # Blocks may differ in class (hybrid attention/SSM stacks such as Jamba), but each must be a
+        # container that holds linear layers: a list of bare Linear layers is not a stack of blocks.
+        if any(_is_linear(child) for child in module):
             continue
-        if not any(_is_linear(sub) for sub in module[0].modules()):
+        if not all(any(_is_linear(sub) for sub in child.modules()) for child in module):
             continue
         claimed.append(list_name)
         blocks.extend(
@@ -100,6 +105,24 @@ def _embedding_storages(model: nn.Module) -> set[int]:
     return pointers
 
 
+def _warn_skipped_matrices(blocks: list[tuple[str, nn.Module]], found: list[PrunableWeight]) -> None:
+    """Say so when a block holds weight matrices this library does not prune (e.g. fused MoE experts stored
+    as 3-D parameters, SSM projections): pruning silently less than the user expects would mislead."""
+    covered = {id(weight.weight) for weight in found}
+    skipped = [
+        f"{block_name}.{name}"
+        for block_name, block in blocks
+        for name, parameter in block.named_parameters()
+        if parameter.dim() >= 2 and id(parameter) not in covered and parameter.numel() >= 4096
+    ]
+    if skipped:
+        logger.warning(
+            "%d weight tensors inside the blocks are not Linear/Conv1D weights and will not be pruned, e.g. %s",
+            len(skipped),
+            skipped[:3],
+        )
+
+
 def find_prunable_weights(
     model: nn.Module, include: Iterable[str] | None = None, ignore: Iterable[str] | None = None
 ) -> list[PrunableWeight]:
@@ -120,6 +143,7 @@ def find_prunable_weights(
             module_name = f"{block_name}.{sub_name}" if sub_name else block_name
             input_dim = 0 if (Conv1D and isinstance(module, Conv1D)) else 1
             found.append(PrunableWeight(f"{module_name}.weight", module_name, module, block_index, input_dim))
+    _warn_skipped_matrices(blocks, found)
     candidates = found
     for option, patterns in (("include", include), ("ignore", ignore)):
         for pattern in patterns or ():

@@ -81,3 +81,43 @@ def test_include_ignore_filters_and_errors(llama):
         find_prunable_weights(llama, ignore=["."])
     with pytest.raises(NoPrunableWeightsError, match="Linear"):
         find_prunable_weights(torch.nn.Sequential(torch.nn.Embedding(4, 4)))
+
+
+def test_hybrid_stacks_of_different_block_classes():
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(8, 8)
+
+    class Mixer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.in_proj = torch.nn.Linear(8, 16)
+            self.conv = torch.nn.Conv1d(16, 16, 4, groups=16)
+
+    class Hybrid(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList([Attention(), Mixer(), Attention()])
+            self.heads = torch.nn.ModuleList([torch.nn.Linear(8, 2), torch.nn.Linear(8, 3)])  # not blocks
+
+    names = [w.name for w in find_prunable_weights(Hybrid())]
+    assert names == ["layers.0.proj.weight", "layers.1.in_proj.weight", "layers.2.proj.weight"]
+
+
+def test_unprunable_matrices_inside_blocks_are_reported(caplog):
+    class Experts(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.router = torch.nn.Linear(16, 4)
+            self.gate_up = torch.nn.Parameter(torch.zeros(4, 64, 16))  # fused experts, as in transformers 5
+
+    class MoE(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList([Experts(), Experts()])
+
+    with caplog.at_level("WARNING", logger="hf_junkdna.targets"):
+        names = [w.name for w in find_prunable_weights(MoE())]
+    assert names == ["layers.0.router.weight", "layers.1.router.weight"]
+    assert "2 weight tensors" in caplog.text and "layers.0.gate_up" in caplog.text
