@@ -78,11 +78,22 @@ def _prune(args: argparse.Namespace) -> int:
 
     from . import SparsityConfig, prune
     from .hub import push_pruned_to_hub, save_pruned
+    from .hub.layout import is_pruned_folder
     from .offline import resolve_model_path
 
     config = SparsityConfig(
-        method=args.method, sparsity=args.sparsity, pattern=args.pattern, scope=args.scope, ignore=args.ignore
+        method=args.method,
+        sparsity=args.sparsity,
+        pattern=args.pattern,
+        scope=args.scope,
+        ignore=args.ignore,
+        num_calibration_samples=args.num_calibration_samples,
     )  # validated before anything is loaded
+    output = Path(args.output_dir)
+    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not is_pruned_folder(output))):
+        raise FileExistsError(
+            f"output_dir {str(output)!r} exists and was not written by junkdna; choose a new or empty folder"
+        )
     source = resolve_model_path(args.model)
     model = getattr(transformers, TASKS[args.task]).from_pretrained(source).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(source)

@@ -66,3 +66,28 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tiny_model_dir, tmp_path,
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["prune", "--help"])
     assert exit_info.value.code == 0
+
+
+def test_output_folder_not_ours_is_refused_before_loading(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import transformers
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", must_not_load)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    assert cli.main(["prune", str(tiny_model_dir), str(foreign)]) == 2
+    assert "not written by junkdna" in capsys.readouterr().err
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_calibration_sample_count_is_recorded(tiny_model_dir, tmp_path):
+    text = tmp_path / "calib.txt"
+    text.write_text("Plain words for calibration. " * 200)
+    out = tmp_path / "sgpt"
+    args = ["prune", str(tiny_model_dir), str(out), "--method", "sparsegpt", "--calibration-file", str(text)]
+    assert cli.main([*args, "--num-calibration-samples", "2", "--calibration-seq-len", "32"]) == 0
+    config = MaskSet.load(out / "sparsity_masks.safetensors").metadata["sparsity_config"]
+    assert config["num_calibration_samples"] == 2

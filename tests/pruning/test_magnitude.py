@@ -126,3 +126,12 @@ def test_property_exact_and_nested_on_a_model(sparsity, scope):
     assert high.num_zeros() == target_zeros(sparsity, total)
     for name in low:
         assert not (high.masks[name] & ~low.masks[name]).any()
+
+
+def test_a_config_changed_after_creation_is_validated_again(llama):
+    config = SparsityConfig(sparsity=0.5)
+    config.sparsity = 1.5
+    before = snapshot(llama)
+    with pytest.raises(ValueError, match="sparsity=1.5"):
+        prune(llama, config)
+    assert_untouched(llama, before)

@@ -19,9 +19,8 @@ def resolve_config(config: SparsityConfig | dict | None = None, **overrides: Any
         return SparsityConfig.from_dict({**config, **overrides})
     if not isinstance(config, SparsityConfig):
         raise TypeError(f"config must be a SparsityConfig or a dict, got {type(config).__name__}")
-    if overrides:
-        return SparsityConfig.from_dict({**config.to_dict(), **overrides})
-    return config
+    # Always a fresh, validated copy: fields may have been changed since the config was created.
+    return SparsityConfig.from_dict({**config.to_dict(), **overrides})
 
 
 def prunable_weights_for(model: nn.Module, config: SparsityConfig) -> list[PrunableWeight]:
