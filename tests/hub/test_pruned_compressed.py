@@ -23,11 +23,14 @@ def bits(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()])
 
 
-def positive_zeros(model: torch.nn.Module) -> None:
-    """MaskSet.apply_to multiplies by the mask, leaving -0.0 where a negative weight was pruned."""
+def negative_zeros(model: torch.nn.Module, masks) -> None:
+    """Prune by multiplying with the mask, as code outside hf_junkdna may do: -w * 0 leaves -0.0 where a negative
+    weight was pruned. (MaskSet.apply_to and prune() use masked_fill, which leaves +0.0.)"""
     with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.masked_fill_(parameter == 0, 0.0)
+        parameters = dict(model.named_parameters())
+        for name, mask in masks.items():
+            weight = parameters[name]
+            weight.copy_(torch.where(mask, weight, -weight.abs()) * mask)
 
 
 def wide_llama() -> LlamaForCausalLM:
@@ -48,21 +51,25 @@ def weight_bytes(folder) -> int:
 def test_round_trip_is_bit_exact(tmp_path):
     model = tiny_llama().to(torch.bfloat16)
     masks = prune(model, SparsityConfig(sparsity=0.5))
-    signed = {name: bits(t).clone() for name, t in model.state_dict().items()}
+    for name, mask in masks.items():  # prune() zeroes with masked_fill: +0.0, no sign bit to lose
+        assert not torch.signbit(model.get_parameter(name)[~mask]).any(), name
     folder = save_pruned(model, tmp_path / "c", masks, compressed=True)
     loaded, loaded_masks = load_pruned(folder)
     assert loaded_masks == masks and loaded.dtype == torch.bfloat16
     state = loaded.state_dict()
-    for name, tensor in model.state_dict().items():
-        assert torch.equal(tensor, state[name]), name  # equal values everywhere
-        # Bit for bit, except that a pruned -0.0 comes back as +0.0 (the layout stores no zeros).
-        changed = bits(state[name]) != signed[name]
-        assert torch.all(tensor[changed] == 0) and torch.all(signed[name][changed] == -32768), name
-
-    positive_zeros(model)
-    folder = save_pruned(model, tmp_path / "c", masks, compressed=True, regime="sparse")
-    state = load_pruned(folder)[0].state_dict()
     assert all(torch.equal(bits(t), bits(state[n])) for n, t in model.state_dict().items())
+
+    # Zeros pruned by multiplying keep their sign (-0.0): equal in value after the round trip, bit for bit except
+    # that the layout, which stores no zeros, gives them back as +0.0.
+    signed_model = tiny_llama().to(torch.bfloat16)
+    negative_zeros(signed_model, masks)
+    signed = {name: bits(t).clone() for name, t in signed_model.state_dict().items()}
+    assert any((signed[name] == -32768).any() for name in masks.names())  # there are -0.0 to lose
+    state = load_pruned(save_pruned(signed_model, tmp_path / "signed", masks, compressed=True))[0].state_dict()
+    for name, tensor in signed_model.state_dict().items():
+        assert torch.equal(tensor, state[name]), name  # equal values everywhere
+        changed = bits(state[name]) != signed[name]
+        assert torch.all(signed[name][changed] == -32768) and torch.all(bits(state[name])[changed] == 0), name
 
     # Same model, different sharding: the index is rewritten with the compressed names.
     folder = save_pruned(model, tmp_path / "sharded", masks, compressed=True, max_shard_size="20KB")
@@ -89,8 +96,7 @@ def test_files_follow_compressed_tensors_layout_and_config(tmp_path):
     from transformers.utils.quantization_config import CompressedTensorsConfig
 
     model = tiny_llama()
-    masks = prune(model, SparsityConfig(sparsity=0.5))
-    positive_zeros(model)
+    masks = prune(model, SparsityConfig(sparsity=0.5))  # +0.0 where pruned, so the bits come back exactly
     folder = save_pruned(model, tmp_path / "c", masks, compressed=True)
 
     config = json.loads((folder / "config.json").read_text())["quantization_config"]

@@ -12,7 +12,7 @@ from huggingface_hub import HfApi, ModelCard, hf_hub_download
 from tiny_models import tiny_llama
 from transformers import AutoModelForCausalLM
 
-from hf_junkdna import SparsityConfig, prune
+from hf_junkdna import MaskMismatchError, SparsityConfig, prune
 from hf_junkdna.hub import (
     MASKS_NAME,
     SPARSITY_CONFIG_NAME,
@@ -37,6 +37,11 @@ def pruned_llama(seed=0):
     return model, prune(model, SparsityConfig(sparsity=0.5))
 
 
+def pruned_llama_of_width(hidden, intermediate):
+    model = tiny_llama(hidden=hidden, intermediate=intermediate)
+    return model, prune(model, SparsityConfig(sparsity=0.5))
+
+
 def same_weights(expected, actual) -> bool:
     a, b = expected.state_dict(), actual.state_dict()
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -44,6 +49,11 @@ def same_weights(expected, actual) -> bool:
 
 def writes(requests, marker):
     return [r for r in requests if r["method"] in ("PUT", "POST") and marker in r["path"]]
+
+
+def hub_writes(requests):
+    """Requests that could change the server's state (the read-only whoami and tree listings excluded)."""
+    return [r for r in requests if r["method"] not in ("GET", "HEAD")]
 
 
 def test_push_list_download_load_and_unchanged_repush(hub_env, hub_repo_id):
@@ -113,22 +123,45 @@ def test_server_failure_during_push_then_retry(hub_env, hub_repo_id, tmp_path):
     assert api.list_repo_files(hub_repo_id) == [".gitattributes"]  # no partial commit
     assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())
 
-    # A 500 on an LFS object upload (of new objects: the failed push above already stored the first model's).
+    # A 500 on an LFS object upload (of new objects: the failed push above already stored the first model's) is
+    # retried by huggingface_hub itself (its http_backoff retries 5xx on PUT), so the push succeeds.
     other, other_masks = pruned_llama(seed=1)
     server.reset()
     server.fail_next(r"/_lfs/upload/", status=500, method="PUT")
-    try:
-        push_pruned_to_hub(other, hub_repo_id, other_masks)
-        retried = True  # the client retried the upload by itself
-    except HubPushError as failure:
-        assert failure.status_code == 500
-        retried = False
-    assert [r for r in server.requests() if r.get("injected")]
-    print(f"LFS upload failing once: {'retried by the client' if retried else 'HubPushError'}")
-
-    push_pruned_to_hub(other, hub_repo_id, other_masks)  # the next push succeeds (or is a no-op)
+    push_pruned_to_hub(other, hub_repo_id, other_masks)
+    requests = server.requests()
+    (failed,) = [i for i, r in enumerate(requests) if r.get("injected")]
+    assert requests[failed]["method"] == "PUT" and requests[failed]["status"] == 500
+    retries = [i for i, r in enumerate(requests) if i > failed and r["path"] == requests[failed]["path"]]
+    assert retries and requests[retries[0]]["method"] == "PUT" and requests[retries[0]]["status"] == 200
+    (commit,) = [i for i, r in enumerate(requests) if r["method"] == "POST" and "/commit/main" in r["path"]]
+    assert commit > retries[0] and requests[commit]["status"] == 200  # committed after the retried upload
     loaded, loaded_masks = load_pruned(hub_repo_id)
     assert same_weights(other, loaded) and loaded_masks == other_masks
+
+    server.reset()
+    push_pruned_to_hub(other, hub_repo_id, other_masks)  # pushing the same model again changes nothing
+    assert not writes(server.requests(), "/commit/") and not writes(server.requests(), "/_lfs/")
+
+
+def test_refused_push_leaves_nothing_on_the_hub(hub_env, hub_repo_id):
+    api, server = HfApi(), hub_env.server
+    model, masks = pruned_llama()
+    _, wide_masks = pruned_llama_of_width(hidden=64, intermediate=128)
+    with pytest.raises(MaskMismatchError, match="shape"):
+        push_pruned_to_hub(model, hub_repo_id, wide_masks)
+    assert hub_writes(server.requests()) == []  # no create call: the mask was checked first
+    assert not api.repo_exists(hub_repo_id)
+    assert hub_repo_id not in [m.id for m in api.list_models(author=server.user)]
+
+    # On an existing repo, a regime the weights break on a new branch: the branch is not created either.
+    push_pruned_to_hub(model, hub_repo_id, masks)
+    server.reset()
+    unpruned = tiny_llama(seed=1)  # same shapes, pruned weights non-zero
+    with pytest.raises(ValueError, match="regime='sparse'.*non-zero"):
+        push_pruned_to_hub(unpruned, hub_repo_id, masks, revision="v2", regime="sparse")
+    assert hub_writes(server.requests()) == []
+    assert [branch.name for branch in api.list_repo_refs(hub_repo_id).branches] == ["main"]
 
 
 def test_token_is_never_written_logged_or_raised(hub_env, hub_repo_id, caplog, capfd):
@@ -190,3 +223,50 @@ def test_sparse_trainer_pushes_through_push_trainer_to_hub(hub_env, hub_repo_id,
     assert same_weights(model, loaded) and loaded_masks == masks
     assert loaded_masks.metadata["regime"] == "sparse"
     assert "python run.py" in ModelCard.load(hub_repo_id).text
+
+
+def test_sparse_trainer_push_takes_trainers_card_arguments(hub_env, hub_repo_id, tmp_path, caplog):
+    from transformers import TrainingArguments
+
+    from hf_junkdna.training import SparseTrainer
+
+    model, masks = pruned_llama()
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), hub_model_id=hub_repo_id, report_to=[],
+                             use_cpu=True, save_strategy="no")  # fmt: skip
+    trainer = SparseTrainer(model=model, args=args, masks=masks)
+    # The keyword arguments transformers.Trainer.push_to_hub forwards to create_model_card.
+    with caplog.at_level(logging.DEBUG, logger="hf_junkdna"):
+        trainer.push_to_hub(tags=["x"], finetuned_from="some/base", dataset="sst2", tasks="text-classification",
+                            language="en", license="apache-2.0", model_name="tiny-sst2", dataset_args="default")  # fmt: skip
+    assert "dataset_args='default' is not used" in caplog.text
+    card = ModelCard.load(hub_repo_id)
+    assert {"x", "hf_junkdna", "sparse", "pruned", "magnitude"} <= set(card.data.tags)
+    assert card.data.base_model == "some/base" and card.data.datasets == ["sst2"]
+    assert (card.data.language, card.data.license, card.data.model_name) == ("en", "apache-2.0", "tiny-sst2")
+    record = json.loads(Path(hf_hub_download(hub_repo_id, SPARSITY_CONFIG_NAME)).read_text())
+    assert record["task"] == "text-classification" and record["base_model"] == "some/base"
+    loaded, loaded_masks = load_pruned(hub_repo_id)
+    assert same_weights(model, loaded) and loaded_masks == masks
+
+
+def test_card_kwargs_from_trainer_mapping():
+    from hf_junkdna.hub.trainer_integration import card_kwargs_from_trainer
+
+    mapped = card_kwargs_from_trainer(
+        {"tags": "x", "dataset_tags": ["glue"], "dataset": "GLUE SST-2", "tasks": ["a", "b"], "results": RESULTS},
+        model_tags=["x", "from-model"],
+    )
+    assert mapped == {"tags": ["x", "from-model"], "datasets": ["glue"], "task": "a, b", "results": RESULTS}
+    # save_pruned's own names win; anything else is left for save_pruned to reject.
+    mapped = card_kwargs_from_trainer({"finetuned_from": "a/b", "base_model": "c/d", "task": "sst2", "tasks": "t"})
+    assert mapped == {"base_model": "c/d", "task": "sst2"}
+    assert card_kwargs_from_trainer({"datset": "typo"}) == {"datset": "typo"}
+
+
+def test_push_to_a_repo_name_without_namespace(hub_env, hub_repo_id):
+    name = hub_repo_id.split("/")[1]
+    model, masks = pruned_llama()
+    push_pruned_to_hub(model, name, masks)
+    card = ModelCard.load(hub_repo_id)  # created in the user's namespace, and the card names the full id
+    assert card.data.model_name == hub_repo_id and f"# {hub_repo_id}\n" in card.text
+    assert f'load_pruned("{hub_repo_id}")' in card.text

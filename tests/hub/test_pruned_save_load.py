@@ -174,7 +174,7 @@ def test_missing_truncated_and_foreign_files(tmp_path):
 
 
 def test_loaded_pair_continues_sparse_training(tmp_path):
-    """SparseTrainer is not in src/hf_junkdna/training yet: a plain loop re-applying the mask stands in for it."""
+    """The loaded pair needs no trainer: a plain loop that re-applies the mask after each step keeps it sparse."""
     model, masks = pruned_llama()
     folder = save_pruned(model, tmp_path / "out", masks)
     loaded, loaded_masks = load_pruned(folder)
@@ -207,7 +207,11 @@ def test_loaded_pair_goes_into_sparse_trainer(tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=2,
                              learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no")  # fmt: skip
     trainer = SparseTrainer(model=loaded, args=args, train_dataset=data, masks=loaded_masks)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
+    assert trainer.state.global_step == 2
     parameters = dict(trainer.model.named_parameters())
     for name, mask in loaded_masks.items():
-        assert not parameters[name].detach()[~mask].any(), name
+        weight = parameters[name].detach()
+        assert not weight[~mask].any(), name  # pruned weights stay exactly 0
+        assert not torch.equal(weight[mask], before[name][mask]), name  # kept weights trained

@@ -87,6 +87,7 @@ class CardInputs:
     license: str | None = None
     language: str | list[str] | None = None
     datasets: str | list[str] | None = None
+    extra_tags: list[str] = field(default_factory=list)
 
 
 def eval_results(inputs: CardInputs) -> list[EvalResult]:
@@ -125,6 +126,7 @@ def card_data(inputs: CardInputs) -> ModelCardData:
     tags = ["hf_junkdna", "sparse", "pruned", inputs.method]
     if inputs.weights_format != "dense":
         tags.append("compressed-tensors")
+    tags += [tag for tag in dict.fromkeys(inputs.extra_tags) if tag not in tags]
     results = eval_results(inputs)
     return ModelCardData(
         model_name=inputs.model_name,

@@ -44,6 +44,15 @@ def _status(error: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
+def _push_error(error: BaseException, repo_id: str, revision: str, step: str) -> HubPushError:
+    return HubPushError(
+        f"pushing the pruned model to {repo_id!r} (revision {revision!r}) failed while trying to {step}: {error}. "
+        "The local model and files are untouched and the repo has no partial commit; push again to retry (files "
+        "the server already has are not sent again)",
+        status_code=_status(error),
+    )
+
+
 def _check_no_secret(folder: Path, secrets: Iterable[str | None]) -> None:
     """Refuse to upload a file that contains the token (the message names the file, never the token).
 
@@ -96,7 +105,8 @@ def push_pruned_to_hub(
 ):
     """Save a pruned model with ``save_pruned`` and push it to ``repo_id`` in one commit; returns the CommitInfo.
 
-    The repo is created if needed (``private`` applies only then); ``revision`` is a branch, created from the
+    The model is saved and checked (mask, regime, results, no token in any file) before the Hub is touched, so a
+    refused call creates no repo or branch. The repo is created if needed (``private`` applies only then); ``revision`` is a branch, created from the
     default branch if missing. ``token`` defaults to the logged-in/``HF_TOKEN`` token; it is only ever sent as
     an HTTP header: never written into a file, the card, a log line or an error message. Everything in
     ``save_kwargs`` (results, regime, tokenizer, task, difficulty, command, compressed, ...) goes to
@@ -108,19 +118,25 @@ def push_pruned_to_hub(
 
     api = HfApi(token=token)  # created at call time: it picks up the current endpoint
     revision_name = revision or "main"
-    step = "create the repo"
+    secrets = [token, os.environ.get("HF_TOKEN")]
+    step = "look up the user's namespace"
     try:
-        repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        repo_id = repo_url.repo_id
-        if revision is not None and not revision.startswith("refs/pr/"):
-            step = f"create branch {revision!r}"
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="hf_junkdna-push-") as tmp:
-            folder = Path(tmp) / repo_id.split("/")[-1]
-            step = "save the model"
-            save_pruned(model, folder, masks, _secrets=[token, os.environ.get("HF_TOKEN")], _repo_id=repo_id,
-                        **save_kwargs)  # fmt: skip
-            _check_no_secret(folder, [token, os.environ.get("HF_TOKEN")])
+        if "/" not in repo_id:  # the card names the full repo id (a read-only request: nothing is created yet)
+            repo_id = f"{api.whoami()['name']}/{repo_id}"
+    except (HfHubHTTPError, OSError, *_transport_errors()) as error:
+        raise _push_error(error, repo_id, revision_name, step) from error
+    with tempfile.TemporaryDirectory(prefix="hf_junkdna-push-") as tmp:
+        # Everything that can refuse the input (mask, regime, results, a token in a file) runs before the repo or
+        # branch is created: a refused call leaves nothing behind on the Hub.
+        folder = Path(tmp) / repo_id.split("/")[-1]
+        save_pruned(model, folder, masks, _secrets=secrets, _repo_id=repo_id, **save_kwargs)
+        _check_no_secret(folder, secrets)
+        step = "create the repo"
+        try:
+            repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id
+            if revision is not None and not revision.startswith("refs/pr/"):
+                step = f"create branch {revision!r}"
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
             step = "upload and commit"
             operations = _operations(api, repo_id, revision_name, folder)
             info = api.create_commit(
@@ -131,13 +147,7 @@ def push_pruned_to_hub(
                 revision=revision,
                 create_pr=create_pr,
             )
-    except (HfHubHTTPError, OSError, *_transport_errors()) as error:
-        status = _status(error)
-        raise HubPushError(
-            f"pushing the pruned model to {repo_id!r} (revision {revision_name!r}) failed while trying to {step}: "
-            f"{error}. The local model and files are untouched and the repo has no partial commit; push again to "
-            "retry (files the server already has are not sent again)",
-            status_code=status,
-        ) from error
+        except (HfHubHTTPError, OSError, *_transport_errors()) as error:
+            raise _push_error(error, repo_id, revision_name, step) from error
     logger.info("pushed pruned model to %s (commit %s)", repo_id, info.oid)
     return info

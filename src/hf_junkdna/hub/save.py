@@ -106,6 +106,7 @@ def save_pruned(
     license: str | None = None,
     language: str | list[str] | None = None,
     datasets: str | list[str] | None = None,
+    tags: str | Iterable[str] | None = None,
     max_shard_size: int | str | None = None,
     _secrets: Iterable[str | None] = (),
     _repo_id: str | None = None,
@@ -126,6 +127,9 @@ def save_pruned(
         command: the command that reproduces the model (shown in the card).
         compressed: store the masked weights in compressed-tensors' sparse-bitmask layout (``hub/compressed.py``).
         threshold: normalised-score threshold of the sparsity tolerance (default 0.99).
+        base_model / model_name / license / language / datasets: card metadata (``base_model`` defaults to the
+            masks' metadata, else ``config._name_or_path``; only a Hub repo id is published).
+        tags: extra card tags, added after the library's own (``hf_junkdna``, ``sparse``, ``pruned``, the method).
 
     The folder is built beside ``save_directory`` and moved into place at the end: if anything fails, an existing
     ``save_directory`` is left as it was. ``save_directory`` must be new, empty, or an earlier save_pruned folder.
@@ -236,6 +240,7 @@ def save_pruned(
                 license=license,
                 language=language,
                 datasets=datasets,
+                extra_tags=[tags] if isinstance(tags, str) else list(tags or ()),
             )
         )
         card.save(staging / CARD_NAME)

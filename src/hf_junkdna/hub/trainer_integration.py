@@ -1,16 +1,20 @@
 """What ``SparseTrainer.push_to_hub`` calls: push the trainer's model, mask and card as a pruned checkpoint.
 
-The trainer (src/hf_junkdna/training/trainer.py) overrides ``push_to_hub`` with::
+The trainer (src/hf_junkdna/training/trainer.py) overrides ``push_to_hub`` with (when it has masks)::
 
-    def push_to_hub(self, commit_message="End of training", blocking=True, token=None, revision=None,
-                    private=None, **kwargs):
+    def push_to_hub(self, commit_message="End of training", blocking=True, **kwargs):
         from ..hub.trainer_integration import push_trainer_to_hub
-        return push_trainer_to_hub(self, commit_message=commit_message, blocking=blocking, token=token,
-                                   revision=revision, private=private, **kwargs)
+        return push_trainer_to_hub(self, commit_message=commit_message, blocking=blocking, **kwargs)
+
+so ``kwargs`` holds what callers pass to ``transformers.Trainer.push_to_hub``: ``token``, ``revision``,
+``private``, and the keyword arguments it forwards to ``Trainer.create_model_card`` (``language``, ``license``,
+``tags``, ``model_name``, ``finetuned_from``, ``tasks``, ``dataset_tags``, ``dataset``, ``dataset_args``; checked
+against transformers 5.24), which ``card_kwargs_from_trainer`` maps onto ``save_pruned``'s card arguments.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
 import sys
@@ -19,6 +23,12 @@ from typing import Any
 
 from ..masks import MaskSet
 from .push import push_pruned_to_hub
+
+logger = logging.getLogger(__name__)
+
+# Trainer.create_model_card's arguments that have no counterpart in the pruned card (dataset_args are
+# configuration names shown in Trainer's model-index, which here lists only measured points).
+_IGNORED_TRAINER_CARD_KWARGS = ("dataset_args",)
 
 _SECRET_OPTION = re.compile(r"token|secret|password|api[_-]?key", re.IGNORECASE)
 
@@ -42,6 +52,44 @@ def default_command(argv: list[str] | None = None) -> str:
         else:
             out.append(arg)
     return "python " + shlex.join(out)
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def card_kwargs_from_trainer(kwargs: dict[str, Any], model_tags: Any = None) -> dict[str, Any]:
+    """Map ``Trainer.push_to_hub``/``create_model_card`` keyword arguments onto ``save_pruned``'s (a new dict).
+
+    ``tags`` (plus the model's ``model_tags``, as Trainer adds them) become extra card tags; ``finetuned_from``
+    becomes ``base_model``; ``dataset_tags`` (Hub dataset ids), else ``dataset``, become ``datasets``; ``tasks``
+    becomes ``task`` (several are joined with ", "); ``language``, ``license`` and ``model_name`` are the same
+    names. ``save_pruned``'s own names win where both are given. ``dataset_args`` is ignored (debug log). Any
+    other name is left in place, so that ``save_pruned`` rejects a misspelt argument.
+    """
+    kwargs = dict(kwargs)
+    tags = _as_list(kwargs.pop("tags", None))
+    tags += [tag for tag in _as_list(model_tags) if tag not in tags]
+    if tags:
+        kwargs["tags"] = tags
+    finetuned_from = kwargs.pop("finetuned_from", None)
+    if finetuned_from:
+        kwargs.setdefault("base_model", finetuned_from)
+    dataset_tags, dataset = kwargs.pop("dataset_tags", None), kwargs.pop("dataset", None)
+    datasets = _as_list(dataset_tags) or _as_list(dataset)
+    if datasets:
+        kwargs.setdefault("datasets", datasets)
+    if dataset_tags is not None and dataset is not None:
+        logger.debug("push_to_hub: dataset=%r ignored; the card lists dataset_tags=%r", dataset, dataset_tags)
+    tasks = _as_list(kwargs.pop("tasks", None))
+    if tasks:
+        kwargs.setdefault("task", ", ".join(tasks))
+    for name in _IGNORED_TRAINER_CARD_KWARGS:
+        if name in kwargs:
+            logger.debug("push_to_hub: %s=%r is not used by the pruned model card", name, kwargs.pop(name))
+    return kwargs
 
 
 def _is_sharded(trainer: Any) -> str | None:
@@ -73,7 +121,9 @@ def push_trainer_to_hub(
     (else the masks' metadata), ``repo_id`` from ``args.hub_model_id`` (else the output folder's name), ``token``
     from ``args.hub_token``, ``private`` from ``args.hub_private_repo``, ``revision`` from ``args.hub_revision``,
     the tokenizer from ``trainer.processing_class`` and the command from ``sys.argv`` (token options redacted).
-    Other keyword arguments (results, task, difficulty, compressed, ...) go to ``save_pruned``. ``blocking`` is
+    Other keyword arguments (results, task, difficulty, compressed, ...) go to ``save_pruned``, after
+    ``card_kwargs_from_trainer`` has mapped Trainer's card arguments (``tags``, ``finetuned_from``, ``dataset``,
+    ``dataset_tags``, ``tasks``, ``language``, ``license``, ``model_name``, ``dataset_args``). ``blocking`` is
     accepted for Trainer compatibility; the push always completes before returning. Only the main process
     pushes; other ranks return None. Models sharded by ZeRO-3 or FSDP are refused (gather them first).
     """
@@ -97,9 +147,10 @@ def push_trainer_to_hub(
     token = token if token is not None else getattr(args, "hub_token", None)
     private = private if private is not None else getattr(args, "hub_private_repo", None)
     revision = revision if revision is not None else getattr(args, "hub_revision", None)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    save_kwargs = card_kwargs_from_trainer(save_kwargs, getattr(model, "model_tags", None))
     save_kwargs.setdefault("tokenizer", getattr(trainer, "processing_class", None))
     save_kwargs.setdefault("command", default_command() or None)
-    model = trainer.accelerator.unwrap_model(trainer.model)
     return push_pruned_to_hub(
         model,
         repo_id,
