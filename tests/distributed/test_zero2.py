@@ -40,5 +40,7 @@ def test_zero2_configs_the_masks_cannot_serve_stop_at_start_naming_the_key(launc
         errors = r["errors"]
         assert "zero_optimization.stage=1" in errors["stage1_bf16"]
         assert "zero_optimization.offload_optimizer.device='nvme'" in errors["nvme"]
+        # the same config given by `accelerate launch --config_file` (environment) instead of TrainingArguments
+        assert "zero_optimization.stage=1" in errors["accelerate_config_stage1"]
         # the stock Trainer with a regime callback: refused at train begin, before any step
         assert "zero_optimization.stage=1" in errors["stock_trainer_stage1"]

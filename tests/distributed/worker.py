@@ -496,6 +496,24 @@ def phase_errors(c, out, results):
             r[label] = "no error"
         except UnsupportedBackendError as error:
             r[label] = str(error)
+    # the config from `accelerate launch --config_file` (environment), not from TrainingArguments(deepspeed=...)
+    from accelerate.state import AcceleratorState
+
+    path = f"{out}/errors_stage1.json"
+    if rank() == 0:
+        with open(path, "w") as handle:
+            json.dump(ds_config(c, stage=1, bf16=True), handle)
+    dist.barrier()
+    AcceleratorState._reset_state()
+    os.environ.update(ACCELERATE_USE_DEEPSPEED="true", ACCELERATE_DEEPSPEED_CONFIG_FILE=path)
+    try:
+        SparseTrainer(model(), training_args({**c, "backend": "ddp"}, f"{out}/errors", regime="sparse", bf16=True))
+        r["accelerate_config_stage1"] = "no error"
+    except UnsupportedBackendError as error:
+        r["accelerate_config_stage1"] = str(error)
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"], os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"]
+        AcceleratorState._reset_state()
     masks_set = prune(model(), SparsityConfig(sparsity=0.5))
     trainer = Trainer(
         model(),

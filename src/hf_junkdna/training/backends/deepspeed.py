@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ...masks import MaskSet
+from ...masks import MaskSet, pack_bool, unpack_bool
 from ..bitops import scale_by_bits_
 from ..mask_binding import BackendView, MaskedTensor, UnsupportedBackendError, _Removable, unwrap_model
 from . import all_reduce_sum, comm_device
@@ -502,16 +502,18 @@ def _assemble(weights, ranges, keeps, keep_full: bool, metadata: dict) -> MaskSe
     for weight, (start, length), keep in zip(weights, ranges, keeps):
         p = weight.weight
         partition = p.partition_numel()
-        padded = torch.zeros(partition, dtype=torch.uint8, device=device)
-        padded[:length] = keep.to(device=device, dtype=torch.uint8)
+        padded = torch.zeros(partition, dtype=torch.bool, device=keep.device)
+        padded[:length] = keep
+        packed = partition % 8 == 0  # partitions start on bytes: send 1 bit per weight, else 1 byte
+        payload = (pack_bool(padded) if packed else padded.to(torch.uint8)).to(device)
         for writer in torch.nonzero(writers).view(-1).tolist():  # usually rank 0 alone
-            gathered = (
-                [torch.empty_like(padded) for _ in range(dist.get_world_size())] if dist.get_rank() == writer else None
-            )
-            dist.gather(padded, gathered, dst=writer)
-            if gathered is not None:
-                whole = torch.cat(gathered)[: p.ds_numel].cpu().bool()
-                full.set(weight.name, whole.view(shapes[weight.name]))
+            mine = dist.get_rank() == writer
+            gathered = [torch.empty_like(payload) for _ in range(dist.get_world_size())] if mine else None
+            dist.gather(payload, gathered, dst=writer)
+            if mine:
+                whole = torch.cat(gathered).cpu()
+                whole = unpack_bool(whole, (whole.numel() * 8,)) if packed else whole.bool()
+                full.set(weight.name, whole[: p.ds_numel].view(shapes[weight.name]))
         if not keep_full and length:
             pieces.append((weight.name, start, length, pack_local(keep)))
     if keep_full:
