@@ -47,3 +47,28 @@ def test_refused_configs_name_the_key(key):
     with pytest.raises(UnsupportedBackendError, match=key.split("=")[0].replace(".", r"\.")) as error:
         check_deepspeed_config(REFUSED[key])
     assert "docs/distributed.md" in str(error.value)
+
+
+def test_shipped_configs_are_served_and_load_in_accelerate():
+    """recipes/configs: the DeepSpeed files pass the check; the accelerate files parse and point at them."""
+    import json
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    repo = Path(__file__).resolve().parents[2]
+    configs = repo / "recipes" / "configs"
+    for name in ("ds_zero2", "ds_zero3", "ds_zero3_offload"):
+        config = json.loads((configs / f"{name}.json").read_text())
+        check_deepspeed_config(config)
+        if config["zero_optimization"]["stage"] == 3:  # save_model writes model.safetensors
+            assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    for path in sorted(configs.glob("accelerate_*.yaml")):
+        cluster = ClusterConfig.from_yaml_file(str(path))
+        deepspeed_file = (cluster.deepspeed_config or {}).get("deepspeed_config_file")
+        if deepspeed_file:
+            assert (repo / deepspeed_file).is_file(), path.name
+        else:
+            assert (
+                cluster.fsdp_config["fsdp_version"] == 2 and not cluster.fsdp_config["fsdp_cpu_ram_efficient_loading"]
+            )
