@@ -24,6 +24,7 @@ TIMEOUT_S = 600  # the first DeepSpeed start compiles its comm op (~60 s), CPU o
 PHASES = {
     "ddp": ["sparse", "freeze", "negative", "sparse_to_dense"],
     "zero2": ["errors", "sparse", "freeze", "negative", "sparse_to_dense"],
+    "zero2_bf16_ga": ["sparse", "freeze", "negative"],
     "zero3_thr0": ["sparse", "freeze", "negative", "sparse_to_dense", "zero_init"],
     "zero3_default": ["sparse", "freeze", "negative"],
     "zero3_bf16_ga": ["sparse", "freeze", "negative", "zero_init"],

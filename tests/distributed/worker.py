@@ -37,6 +37,7 @@ CONFIGS = {
     # backend, zero stage, bf16, stage3_param_persistence_threshold, CPU offload, sub_group_size, DS optimizer
     "ddp": dict(backend="ddp"),
     "zero2": dict(backend="deepspeed", stage=2),
+    "zero2_bf16_ga": dict(backend="deepspeed", stage=2, bf16=True),
     "zero3_thr0": dict(backend="deepspeed", stage=3, threshold=0, sub_group_size=2000),  # 6 flat masters
     # default threshold: every tiny parameter persists; the Trainer's AdamW: 2 param groups
     "zero3_default": dict(backend="deepspeed", stage=3, ds_optimizer=False),
