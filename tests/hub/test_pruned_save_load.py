@@ -68,6 +68,21 @@ def test_layout_and_round_trip(tmp_path):
     assert before == {p.name: p.read_bytes() for p in folder.iterdir()}
 
 
+def test_no_local_path_is_written_into_any_file(tmp_path):
+    """A model loaded from a local folder carries that path (``_name_or_path``, the masks' base_model): only
+    its last component may reach the published files (it can name users and private folders)."""
+    private = tmp_path / "home" / "alice" / "private-project" / "base-model"
+    tiny_llama().save_pretrained(private)
+    model = AutoModelForCausalLM.from_pretrained(private)
+    masks = prune(model, SparsityConfig(sparsity=0.5))
+    assert masks.metadata["base_model"] == str(private)  # the leak this test guards against is real
+    folder = save_pruned(model, tmp_path / "out", masks)
+    for path in folder.iterdir():
+        assert b"alice" not in path.read_bytes(), path.name
+    assert MaskSet.load(folder / MASKS_NAME).metadata["base_model"] == "base-model"
+    assert masks.metadata["base_model"] == str(private)  # the caller's MaskSet is not modified
+
+
 def test_bert_bf16_sharded_with_explicit_class(tmp_path):
     model = tiny_bert().to(torch.bfloat16)
     masks = prune(model, SparsityConfig(sparsity=0.3, scope="layer"))

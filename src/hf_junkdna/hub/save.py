@@ -182,7 +182,8 @@ def save_pruned(
         if compressed:
             structure = "unstructured" if pattern == "unstructured" else pattern
             compress_folder(staging, masks.names(), masks.sparsity(), structure)
-        _save_masks(masks, staging / MASKS_NAME, {**metadata, "regime": regime})
+        # base_model replaced too: the masks' own metadata may hold the local folder the model came from
+        _save_masks(masks, staging / MASKS_NAME, {**metadata, "regime": regime, "base_model": base_model})
         has_curve = bool(points) and plot_sparsity_curves(
             curve_list, staging / CURVE_NAME, threshold, title=task or name
         )
