@@ -202,6 +202,20 @@ def test_token_is_never_written_logged_or_raised(hub_env, hub_repo_id, caplog, c
     assert any(r["headers"].get("authorization") == f"Bearer {token}" for r in hub_env.server.requests())
 
 
+def test_logged_in_token_is_redacted_too(hub_env, hub_repo_id, monkeypatch):
+    """The token may come from `hf auth login` (the token file) rather than the argument or HF_TOKEN: the push
+    still uses it, so it is kept out of the files just the same."""
+    token = hub_env.token
+    monkeypatch.delenv("HF_TOKEN")
+    (hub_env.hf_home / "token").write_text(token + "\n")
+    model, masks = pruned_llama()
+    push_pruned_to_hub(model, hub_repo_id, masks, command=f"python train.py --api_key={token}")
+    card = ModelCard.load(hub_repo_id)
+    assert token not in card.text and "--api_key=<redacted>" in card.text
+    with pytest.raises(HubPushError, match="refusing to upload README.md: it contains the access token"):
+        push_pruned_to_hub(model, hub_repo_id, masks, task=f"pasted {token} by mistake")
+
+
 def test_default_command_redacts_secret_options():
     argv = ["train.py", "--hub_token", "hf_secret", "--api-key=abc", "--lr", "1e-4", "--token", "x"]
     assert default_command(argv) == (

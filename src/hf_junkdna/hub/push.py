@@ -53,6 +53,21 @@ def _push_error(error: BaseException, repo_id: str, revision: str, step: str) ->
     )
 
 
+def _known_tokens(token: str | bool | None) -> list[str]:
+    """Every token this push may send: the argument, the logged-in one (token file, Colab vault) and the env's.
+
+    All are kept out of the files, the card's command line and error messages, whichever one the client uses.
+    """
+    from huggingface_hub import get_token
+
+    candidates = [token, get_token(), os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")]
+    found: list[str] = []
+    for candidate in candidates:
+        if isinstance(candidate, str) and candidate.strip() and candidate.strip() not in found:
+            found.append(candidate.strip())
+    return found
+
+
 def _check_no_secret(folder: Path, secrets: Iterable[str | None]) -> None:
     """Refuse to upload a file that contains the token (the message names the file, never the token).
 
@@ -118,7 +133,7 @@ def push_pruned_to_hub(
 
     api = HfApi(token=token)  # created at call time: it picks up the current endpoint
     revision_name = revision or "main"
-    secrets = [token, os.environ.get("HF_TOKEN")]
+    secrets = _known_tokens(token)
     step = "look up the user's namespace"
     try:
         if "/" not in repo_id:  # the card names the full repo id (a read-only request: nothing is created yet)
