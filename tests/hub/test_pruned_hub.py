@@ -263,6 +263,20 @@ def test_sparse_trainer_push_takes_trainers_card_arguments(hub_env, hub_repo_id,
     assert same_weights(model, loaded) and loaded_masks == masks
 
 
+def test_sparse_trainer_push_records_the_trainers_regime_not_the_args_default(hub_env, hub_repo_id, tmp_path):
+    from hf_junkdna.training import SparseTrainer, SparseTrainingArguments
+
+    model, masks = pruned_llama()
+    args = SparseTrainingArguments(output_dir=str(tmp_path / "run"), hub_model_id=hub_repo_id, report_to=[],
+                                   use_cpu=True, save_strategy="no")  # fmt: skip
+    assert args.regime == "dense"  # the arguments' default; the keyword below overrides it
+    trainer = SparseTrainer(model=model, args=args, masks=masks, regime="sparse")
+    trainer.push_to_hub()
+    record = json.loads(Path(hf_hub_download(hub_repo_id, SPARSITY_CONFIG_NAME)).read_text())
+    assert record["regime"] == "sparse"
+    assert load_pruned(hub_repo_id)[1].metadata["regime"] == "sparse"
+
+
 def test_card_kwargs_from_trainer_mapping():
     from hf_junkdna.hub.trainer_integration import card_kwargs_from_trainer
 
