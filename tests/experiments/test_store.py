@@ -58,6 +58,17 @@ def test_changed_config_is_refused_then_overwritten_on_request(tmp_path):
     assert json.loads((tmp_path / MANIFEST_FILE).read_text())["config"]["num_questions"] == 8
 
 
+def test_records_without_a_manifest_are_refused_then_discarded_on_request(tmp_path):
+    ResultsStore(tmp_path, CONFIG).add(CellKey("dense", "dense", 0, "x"), {"exact_match": 1.0})
+    (tmp_path / MANIFEST_FILE).unlink()
+    with pytest.raises(StoreMismatchError, match="without its manifest"):
+        ResultsStore(tmp_path, CONFIG)
+    assert len(ResultsStore(tmp_path, CONFIG, overwrite=True)) == 0
+    reopened = ResultsStore(tmp_path, CONFIG)  # a usable store from then on, without overwrite
+    reopened.add(CellKey("dense", "dense", 0, "x"), {"exact_match": 0.5})
+    assert ResultsStore(tmp_path, CONFIG).get(CellKey("dense", "dense", 0, "x"))["metrics"]["exact_match"] == 0.5
+
+
 def test_partial_last_line_from_a_crash_is_dropped(tmp_path):
     store = ResultsStore(tmp_path, CONFIG)
     first = CellKey("dense", "dense", 0, "a")

@@ -156,11 +156,14 @@ class ResultsStore:
     # ------------------------------------------------------------------------------------------ opening
     def _open(self, overwrite: bool) -> None:
         manifest = self._read_manifest()
-        if manifest is None and self.records_path.exists() and not overwrite:
-            raise StoreMismatchError(
-                f"{str(self.records_path)!r} exists without its manifest {MANIFEST_FILE}; this directory was not "
-                "written by a sweep (or its manifest was deleted): use another output directory or overwrite it"
-            )
+        if manifest is None and self.records_path.exists():
+            if not overwrite:
+                raise StoreMismatchError(
+                    f"{str(self.records_path)!r} exists without its manifest {MANIFEST_FILE}; this directory was not "
+                    "written by a sweep (or its manifest was deleted): use another output directory or overwrite it"
+                )
+            if not self.readonly:
+                self._discard()  # records of unknown provenance: never mixed with this configuration's
         if manifest is not None and manifest.get("fingerprint") != self.fingerprint:
             if not overwrite:
                 raise StoreMismatchError(self._mismatch_message(manifest))
