@@ -151,6 +151,14 @@ def test_settings_given_twice_are_refused(tmp_path):
         SparseTrainer(tiny_bert(), args, train_dataset=TokenData(), sparsity_config=SparsityConfig())
     with pytest.raises(ValueError, match="contradicts"):
         SparseTrainer(tiny_bert(), args, train_dataset=TokenData(), regime="freeze")
+    # a setting that is not one of the headline four is refused just the same (it used to vanish: lm_head pruned)
+    ignoring = training_args(tmp_path, regime="sparse", sparsity_ignore=["layer.0"])
+    with pytest.raises(ValueError, match=r"args\.sparsity_ignore"):
+        SparseTrainer(tiny_bert(), ignoring, train_dataset=TokenData(), sparsity_config=SparsityConfig())
+    model = tiny_bert()
+    masks = prune(tiny_bert(), SparsityConfig(sparsity=0.5))
+    with pytest.raises(ValueError, match=r"masks were given and so was args\.sparsity_ignore"):
+        SparseTrainer(model, ignoring, train_dataset=TokenData(), masks=masks)
 
 
 def test_wanda_without_any_data_names_calibration_data(tmp_path):

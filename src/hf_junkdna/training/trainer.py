@@ -26,7 +26,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from ..config import SparsityConfig
 from ..masks import MASKS_FILE_NAME, MaskMismatchError, MaskSet
 from ..pruning import get_criterion, prunable_weights_for, prune
-from .args import REGIMES, SparseTrainingArguments
+from .args import REGIMES, SPARSITY_ARGUMENTS, SparseTrainingArguments
 from .backends.deepspeed import apply_partitioned, check_deepspeed_config, prunable_partitioned, prune_partitioned
 from .backends.deepspeed import is_partitioned as partitioned
 from .backends.shards import ShardMaskSet
@@ -219,15 +219,16 @@ def _resolve(args, regime, sparsity_config, masks) -> tuple[str, SparsityConfig 
         if regime is not None and regime != args.regime:
             raise ValueError(f"regime={regime!r} contradicts args.regime={args.regime!r}; give it once")
         regime = args.regime
-        explicit = args._given(
-            ["sparsity_method", "sparsity", "sparsity_pattern", "sparsity_scope", "freeze_fraction"]
-        )
+        # every field that would go into the SparsityConfig: none may be dropped silently in favour of a keyword
+        explicit = args._given([*SPARSITY_ARGUMENTS.values(), "freeze_fraction"])
         if sparsity_config is not None and explicit:
             raise ValueError(
                 f"sparsity_config was given and so was args.{explicit[0]}; give the sparsity settings once"
             )
-        if masks is not None and (explicit or args.mask_path):
-            raise ValueError("masks were given and args also say how to make them (mask_path or sparsity fields)")
+        shaping = [name for name in explicit if name != "num_calibration_samples"]  # masks need no calibration
+        if masks is not None and (shaping or args.mask_path):
+            given = f"args.{shaping[0]}" if shaping else "args.mask_path"
+            raise ValueError(f"masks were given and so was {given}, which says how to make them; give one")
         if masks is None and args.mask_path is not None:
             masks = MaskSet.load(args.mask_path)
         if masks is None and sparsity_config is None:
