@@ -140,7 +140,10 @@ def _inspect(args: argparse.Namespace) -> int:
         from .hub.layout import MASKS_NAME
         from .hub.load import resolve_folder
 
-        folder = path if path.is_dir() else resolve_folder(args.path)[0]
+        # from the Hub: the mask file alone (a 7B repo's weights are ~14 GB that inspect never reads)
+        folder = path if path.is_dir() else resolve_folder(args.path, allow_patterns=[MASKS_NAME])[0]
+        if not (Path(folder) / MASKS_NAME).is_file():
+            raise FileNotFoundError(f"{args.path!r} has no {MASKS_NAME}: it was not saved by hf_junkdna")
         masks = MaskSet.load(Path(folder) / MASKS_NAME)
     statistics = masks.statistics()
     if args.json:
@@ -159,9 +162,11 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    from .hub.errors import HubPushError  # after parsing: --help stays fast
+
     try:
         return {"prune": _prune, "inspect": _inspect}[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, LookupError, HubPushError) as error:
         print(f"junkdna {args.command}: error: {error}", file=sys.stderr)
         return 2
 

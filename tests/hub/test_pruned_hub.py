@@ -277,6 +277,39 @@ def test_sparse_trainer_push_records_the_trainers_regime_not_the_args_default(hu
     assert load_pruned(hub_repo_id)[1].metadata["regime"] == "sparse"
 
 
+def test_cli_inspect_of_a_hub_repo_downloads_the_mask_file_only(hub_env, hub_repo_id, capsys):
+    from hf_junkdna import cli
+
+    model, masks = pruned_llama()
+    push_pruned_to_hub(model, hub_repo_id, masks)
+    capsys.readouterr()  # the upload's progress output
+    assert cli.main(["inspect", hub_repo_id, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["sparsity"] == pytest.approx(masks.sparsity()) and shown["metadata"]["regime"] == "sparse"
+    fetched = {path.name for path in hub_env.hub_cache.rglob("snapshots/*/*")}
+    assert fetched == {MASKS_NAME}  # not the weights (14 GB for a 7B repo)
+    assert cli.main(["inspect", hub_repo_id + "-missing"]) == 2
+    assert "no such model repo" in capsys.readouterr().err
+
+
+def test_cli_push_failure_is_a_clear_error_not_a_traceback(hub_env, hub_repo_id, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from hf_junkdna import cli, offline
+
+    tokenizer = AutoTokenizer.from_pretrained(offline.smollm2_path())
+    model = tiny_llama()
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    hub_env.server.fail_next(r"/commit/main", status=500, method="POST")
+    argv = ["prune", str(tmp_path / "tiny"), str(tmp_path / "out"), "--push-to-hub", hub_repo_id]
+    assert cli.main(argv) == 2
+    assert "junkdna prune: error: pushing the pruned model" in capsys.readouterr().err
+    assert (tmp_path / "out" / MASKS_NAME).is_file()  # the local result is kept; pushing again retries
+    assert cli.main(argv) == 0
+
+
 def test_card_kwargs_from_trainer_mapping():
     from hf_junkdna.hub.trainer_integration import card_kwargs_from_trainer
 

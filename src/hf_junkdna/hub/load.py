@@ -53,8 +53,12 @@ def resolve_folder(
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
     trust_remote_code: bool = False,
+    allow_patterns: list[str] | None = None,
 ) -> tuple[Path, str]:
-    """(local folder, description for messages). Downloads a Hub snapshot when given a repo id."""
+    """(local folder, description for messages). Downloads a Hub snapshot when given a repo id.
+
+    ``allow_patterns`` narrows the download (default: everything a model needs, no code unless trusted).
+    """
     name = os.fspath(repo_id_or_path)
     if _is_local(name):
         folder = Path(name).expanduser()
@@ -68,7 +72,7 @@ def resolve_folder(
     from huggingface_hub.errors import RepositoryNotFoundError
     from huggingface_hub.errors import RevisionNotFoundError as HubRevisionNotFoundError
 
-    patterns = ALLOW_PATTERNS + (["*.py"] if trust_remote_code else [])
+    patterns = list(allow_patterns or ALLOW_PATTERNS) + (["*.py"] if trust_remote_code else [])
     where = f"{name!r}" + (f" at revision {revision!r}" if revision else "")
     try:
         folder = snapshot_download(
