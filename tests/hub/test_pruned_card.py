@@ -111,3 +111,7 @@ def test_results_are_checked_and_normalised():
         normalize_results([{"sparsity": 0.5, "score": 1, "metric": "f1", "acc": 2}])
     with pytest.raises(ValueError, match="outside"):
         normalize_results([{"sparsity": 1.5, "score": 1, "metric": "f1"}])
+    good = {"sparsity": 0.5, "score": 0.7, "metric": "f1"}
+    for key, value in (("score", "n/a"), ("score", float("nan")), ("sparsity", "half"), ("normalized_score", "x")):
+        with pytest.raises(ValueError, match=rf"results\[1\]: {key}={value!r} is not a finite number"):
+            normalize_results([good, {**good, key: value}])

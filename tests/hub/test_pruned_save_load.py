@@ -123,6 +123,19 @@ def test_failure_leaves_existing_folder_intact(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the staging folder is gone
 
 
+def test_current_directory_is_refused_before_any_work(tmp_path, monkeypatch):
+    model, masks = pruned_llama()
+    here = tmp_path / "work"
+    (here / "sub").mkdir(parents=True)
+    monkeypatch.chdir(here / "sub")
+    for target in (".", "..", "../sub/."):
+        with pytest.raises(ValueError, match="current working directory"):
+            save_pruned(model, target, masks)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["sub", "work"]  # nothing staged, nothing moved
+    save_pruned(model, "../out", masks)
+    assert (here / "out" / MASKS_NAME).is_file()
+
+
 def test_refuses_to_replace_a_foreign_folder(tmp_path):
     model, masks = pruned_llama()
     foreign = tmp_path / "training_output"

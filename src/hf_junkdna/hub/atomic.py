@@ -26,7 +26,13 @@ def atomic_directory(target: str | os.PathLike, replaceable: Callable[[Path], bo
     file system: the old folder is renamed aside, the new one renamed in, then the old one removed. If the block
     raises, the temporary folder is removed and ``target`` is not touched.
     """
-    target = Path(target)
+    target = Path(os.path.abspath(target))  # "out/.." names its parent: staging must sit beside the target
+    cwd = Path.cwd()
+    if target == cwd or target in cwd.parents:
+        raise ValueError(
+            f"save_directory {str(target)!r} holds the current working directory, which replacing the folder "
+            "would delete; save into a subfolder (e.g. './pruned')"
+        )
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"save_directory {str(target)!r} exists and is not a folder")
     if target.is_dir() and any(target.iterdir()) and not replaceable(target):

@@ -63,6 +63,18 @@ class ResultPoint:
 _FIELDS = {f.name for f in fields(ResultPoint)}
 
 
+def _number(index: int, raw: Mapping[str, Any], key: str) -> float:
+    """``raw[key]`` as a finite float; the error names the point and the key (a sweep has many points)."""
+    value = raw[key]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise ValueError(f"results[{index}]: {key}={value!r} is not a finite number")
+    return number
+
+
 def _point(index: int, raw: Mapping[str, Any]) -> ResultPoint:
     if isinstance(raw, ResultPoint):
         return raw
@@ -74,15 +86,15 @@ def _point(index: int, raw: Mapping[str, Any]) -> ResultPoint:
     for key in ("sparsity", "score", "metric"):
         if raw.get(key) is None:
             raise ValueError(f"results[{index}] lacks {key!r} (every point needs sparsity, score and metric)")
-    sparsity = float(raw["sparsity"])
+    sparsity = _number(index, raw, "sparsity")
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"results[{index}]: sparsity={raw['sparsity']!r} is outside [0, 1)")
     values = dict(raw)
     values["sparsity"] = sparsity
-    values["score"] = float(raw["score"])
+    values["score"] = _number(index, raw, "score")
     values["metric"] = str(raw["metric"])
     if values.get("normalized_score") is not None:
-        values["normalized_score"] = float(values["normalized_score"])
+        values["normalized_score"] = _number(index, raw, "normalized_score")
     if values.get("setting") is not None:
         values["setting"] = str(values["setting"])
     return ResultPoint(**values)
