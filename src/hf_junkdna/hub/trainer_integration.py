@@ -143,7 +143,9 @@ def push_trainer_to_hub(
         )
     args = trainer.args
     # the trainer's resolved regime first: SparseTrainer(regime=...) overrides args.regime, whose default is "dense"
-    regime = regime or getattr(trainer, "regime", None) or getattr(args, "regime", None) or masks.metadata.get("regime")
+    regime = (
+        regime or getattr(trainer, "regime", None) or getattr(args, "regime", None) or masks.metadata.get("regime")
+    )
     repo_id = repo_id or getattr(args, "hub_model_id", None) or Path(args.output_dir).name
     token = token if token is not None else getattr(args, "hub_token", None)
     private = private if private is not None else getattr(args, "hub_private_repo", None)
