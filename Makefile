@@ -47,6 +47,7 @@ style: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_pruning.py
 	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_mask_expansion.py
 
 clean:
 	rm -rf $(VENV) .cache build dist src/*.egg-info
