@@ -140,3 +140,37 @@ def test_killed_while_saving_resumes_from_the_last_whole_checkpoint(tmp_path, mo
     parameters = dict(resumed.model.named_parameters())
     for name, keep in resumed.masks.items():
         assert not parameters[name].detach()[~keep].any(), name
+
+
+def test_resume_from_checkpoint_argument_takes_the_checkpoints_masks_without_pruning_again(tmp_path, monkeypatch):
+    """args.resume_from_checkpoint (as the transformers example scripts set it): the resumed trainer's masks are
+    the checkpoint's, and Wanda's calibration is not run again (here it would fail: prune is made to raise)."""
+    from training.training_helpers import TokenData, training_args
+
+    from hf_junkdna.training import SparseTrainer
+    from hf_junkdna.training import trainer as trainer_module
+
+    args = dict(
+        regime="sparse", sparsity_method="wanda", sparsity=0.5, max_steps=4, save_strategy="steps", save_steps=2
+    )
+    first = SparseTrainer(tiny_bert(), training_args(tmp_path, **args), train_dataset=TokenData())
+    first.train()
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    saved = MaskSet.load(checkpoint / MASKS_NAME)
+
+    def no_pruning(*args, **kwargs):
+        raise AssertionError("pruned again although resuming")
+
+    monkeypatch.setattr(trainer_module, "prune", no_pruning)
+    resume_args = training_args(tmp_path, **args, resume_from_checkpoint=str(checkpoint))
+    resumed = SparseTrainer(tiny_bert(), resume_args, train_dataset=TokenData())
+    assert resumed.masks == saved
+    resumed.train(resume_from_checkpoint=resume_args.resume_from_checkpoint)
+    assert resumed.state.global_step == 4
+    parameters = dict(resumed.model.named_parameters())
+    assert all(not parameters[name].detach()[~keep].any() for name, keep in resumed.masks.items())
+
+    latest = SparseTrainer(tiny_bert(), training_args(tmp_path, **args, resume_from_checkpoint="True"))
+    assert latest.masks == MaskSet.load(tmp_path / "out" / "checkpoint-4" / MASKS_NAME)
+    with pytest.raises(FileNotFoundError, match=r"resume_from_checkpoint=.*has no sparsity_masks"):
+        SparseTrainer(tiny_bert(), training_args(tmp_path, **args, resume_from_checkpoint=str(tmp_path)))

@@ -49,7 +49,9 @@ class SparseTrainer(Trainer):
             the train dataset through the Trainer's data collator.
 
     Every inconsistency (unknown regime, sparsity settings with "dense", settings given twice, masks of
-    another model) raises before the model's weights are touched.
+    another model) raises before the model's weights are touched. When ``args.resume_from_checkpoint`` names a
+    checkpoint (as the transformers example scripts set it), its masks are used and nothing is pruned again:
+    a resumed Wanda/SparseGPT run neither repeats the calibration nor needs its data.
     """
 
     def __init__(
@@ -87,6 +89,8 @@ class SparseTrainer(Trainer):
             # (args.deepspeed or the accelerate launch config: the plugin holds it either way)
             check_deepspeed_config(self.accelerator.state.deepspeed_plugin.deepspeed_config)
         if masks is None:
+            masks = self._masks_of_resumed_checkpoint(regime)
+        if masks is None:
             masks = self._compute_masks(regime, sparsity_config, calibration_data)
         elif regime != "freeze" and partitioned(self.model):
             apply_partitioned(masks, self.model)  # each rank zeroes its own ZeRO-3 partitions
@@ -120,6 +124,18 @@ class SparseTrainer(Trainer):
         if config.needs_calibration and calibration_data is None:
             calibration_data = calibration_batches(self, config.num_calibration_samples)
         return prune(self.model, config, calibration_data=calibration_data)
+
+    def _masks_of_resumed_checkpoint(self, regime: str) -> MaskSet | None:
+        """The masks of ``args.resume_from_checkpoint`` (a path; "True" means the last complete checkpoint in
+        ``output_dir``, if any), checked against the model and the regime; None when not resuming."""
+        value = getattr(self.args, "resume_from_checkpoint", None)
+        if not value:
+            return None
+        if str(value).lower() == "true":
+            value = last_complete_checkpoint(self.args.output_dir, needs_masks=True)
+            if value is None:
+                return None  # nothing to resume yet: the first run prunes
+        return _checkpoint_masks(value, self.model, regime, whole=True)
 
     def _make_callback(self, regime: str, masks: MaskSet) -> MaskRegimeCallback:
         # no gradient hooks: _clip_grad_norm masks all gradients in one pass (or the pre-step hook does)
@@ -172,19 +188,25 @@ class SparseTrainer(Trainer):
             self.masks.save(os.path.join(output_dir, MASKS_NAME))  # atomic: temp file + rename
 
     def _load_masks(self, checkpoint: str) -> None:
-        path = os.path.join(checkpoint, MASKS_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"resume_from_checkpoint={checkpoint!r} has no {MASKS_NAME}: it was not written by a SparseTrainer "
-                f"with regime {self.regime!r}, so its masks are unknown"
-            )
         # ranks that do not write checkpoints read only their shards' bits from the file, when they bind
-        masks = MaskSet.load(path) if self.args.should_save else ShardMaskSet.from_file(path)
-        _check_masks(masks, self.model, path)
-        saved_regime = masks.metadata.get("regime")
-        if saved_regime not in (None, self.regime):
-            raise ValueError(f"{path!r} holds masks of regime {saved_regime!r}, but this trainer's is {self.regime!r}")
-        self.masks = masks
+        self.masks = _checkpoint_masks(checkpoint, self.model, self.regime, whole=self.args.should_save)
+
+
+def _checkpoint_masks(checkpoint: str, model, regime: str, whole: bool) -> MaskSet:
+    """The masks saved in ``checkpoint``, checked against the model and the regime (a ShardMaskSet that reads
+    its ranges on demand unless ``whole``)."""
+    path = os.path.join(checkpoint, MASKS_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"resume_from_checkpoint={checkpoint!r} has no {MASKS_NAME}: it was not written by a SparseTrainer "
+            f"with regime {regime!r}, so its masks are unknown"
+        )
+    masks = MaskSet.load(path) if whole else ShardMaskSet.from_file(path)
+    _check_masks(masks, model, path)
+    saved_regime = masks.metadata.get("regime")
+    if saved_regime not in (None, regime):
+        raise ValueError(f"{path!r} holds masks of regime {saved_regime!r}, but this trainer's is {regime!r}")
+    return masks
 
 
 def last_complete_checkpoint(output_dir: str, needs_masks: bool) -> str | None:
