@@ -11,7 +11,7 @@ from torch import nn
 
 from hf_junkdna import SparsityConfig, find_blocks, find_prunable_weights, prune
 from hf_junkdna.pruning.selection import select_n_m, select_smallest, target_zeros
-from hf_junkdna.pruning.sparsegpt import sparsegpt_prune
+from hf_junkdna.pruning.sparsegpt import _inverse_cholesky_upper, sparsegpt_prune
 
 
 class OneLayer(nn.Module):
@@ -270,3 +270,41 @@ def test_global_scope_takes_per_layer_counts_from_one_magnitude_ranking():
     for name, keep in masks.items():
         assert not parameters[name][~keep].any()
         assert not torch.equal(parameters[name][keep], dense[name][keep])  # reconstructed within the layer
+
+
+def test_global_scope_may_take_every_weight_of_a_layer():
+    # k_proj's weights are 1000x smaller than the rest: the global ranking asks it for all of its weights
+    model = tiny_llama(tie=False)
+    with torch.no_grad():
+        model.model.layers[0].self_attn.k_proj.weight.mul_(1e-3)
+    data = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(1))
+    masks = prune(model, SparsityConfig(method="sparsegpt", sparsity=0.5, scope="global"), data)
+    name = "model.layers.0.self_attn.k_proj.weight"
+    assert masks.sparsity(name) == 1.0
+    assert not model.get_parameter(name).any()
+    assert masks.num_zeros() == target_zeros(0.5, masks.num_weights())
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_every_weight_pruned_needs_no_hessian():
+    weight = torch.randn(3, 8)
+    keep, updated = sparsegpt_prune(weight, torch.full((8, 8), float("nan")), num_zeros=24)
+    assert not keep.any()
+    assert not updated.any() and updated.dtype == weight.dtype
+    with pytest.raises(ValueError, match="num_zeros=25"):
+        sparsegpt_prune(weight, torch.eye(8), num_zeros=25)
+
+
+def test_hessian_errors_name_the_parameter_and_leave_the_model_untouched():
+    model = tiny_llama()
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] = float("inf")  # down_proj sees inf/nan inputs
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    data = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.down_proj\.weight: the Hessian has non-finite"):
+        prune(model, SparsityConfig(method="sparsegpt", sparsity=0.5), data)
+    for name, parameter in model.named_parameters():
+        assert torch.equal(parameter, before[name]), name
+    # diag (1, -0.9): mean 0.05, so even 1000x the dampening leaves it indefinite
+    with pytest.raises(ValueError, match=r"sparsegpt: layer\.weight: the Hessian is not positive definite"):
+        _inverse_cholesky_upper(torch.diag(torch.tensor([1.0, -0.9])), 0.01, "layer.weight")

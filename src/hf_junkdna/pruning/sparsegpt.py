@@ -43,16 +43,19 @@ from .selection import iter_select_smallest, layer_zero_counts, target_zeros
 _MAX_DAMPENING_RETRIES = 3
 
 
-def _inverse_cholesky_upper(hessian: torch.Tensor, dampening: float) -> torch.Tensor:
+def _inverse_cholesky_upper(hessian: torch.Tensor, dampening: float, name: str | None = None) -> torch.Tensor:
     """Upper Cholesky factor U of (H + damp * mean(diag H) * I)^-1, with H^-1 = U^T U.
+
+    ``name`` (the parameter the Hessian belongs to) is put in the error messages.
 
     Computed without forming H^-1: the Cholesky factor of the index-reversed matrix gives an upper R with
     H = R R^T, so H^-1 = R^-T R^-1 and U = R^-1 (upper, positive diagonal: the unique factor). That is one
     factorisation and one triangular inverse instead of factorise, invert, factorise again.
     """
+    where = f"sparsegpt: {name}: " if name else "sparsegpt: "
     diagonal = hessian.diagonal()
     if not torch.isfinite(hessian).all():
-        raise ValueError("sparsegpt: the Hessian has non-finite entries (inf/nan in the calibration activations)")
+        raise ValueError(f"{where}the Hessian has non-finite entries (inf/nan in the calibration activations)")
     mean = float(diagonal.mean())
     if not mean > 0:  # every input is dead: no information, fall back to plain magnitude order
         hessian = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
@@ -68,7 +71,7 @@ def _inverse_cholesky_upper(hessian: torch.Tensor, dampening: float) -> torch.Te
             return torch.linalg.solve_triangular(upper, identity, upper=True)
         damp *= 10
     raise ValueError(
-        f"sparsegpt: the Hessian is not positive definite even with dampening {damp / 10:g} * mean(diag); "
+        f"{where}the Hessian is not positive definite even with dampening {damp / 10:g} * mean(diag); "
         "raise sparsegpt_dampening or use more calibration data"
     )
 
@@ -110,8 +113,8 @@ def _zero_count(
             raise ValueError(f"sparsegpt: N:M={n}:{m} needs 0 < N < M and M dividing {columns} inputs")
         return rows * columns // m * (m - n)
     if num_zeros is not None:
-        if not 0 <= num_zeros < rows * columns:
-            raise ValueError(f"sparsegpt: num_zeros={num_zeros!r} must be in [0, {rows * columns})")
+        if not 0 <= num_zeros <= rows * columns:
+            raise ValueError(f"sparsegpt: num_zeros={num_zeros!r} must be in [0, {rows * columns}]")
         return int(num_zeros)
     if sparsity is None or not 0 <= sparsity < 1:
         raise ValueError(f"sparsegpt: sparsity={sparsity!r} must be in [0, 1) (or give n_m)")
@@ -132,14 +135,18 @@ def sparsegpt_prune(
 
     ``hessian`` is (in, in), e.g. X^T X over calibration tokens (its scale does not matter). Give either
     ``sparsity`` (exactly round(sparsity * numel) zeros, or exactly ``num_zeros`` if given) or ``n_m``
-    (N kept in every M consecutive inputs of a row). The input is not modified; the updated weight has
-    the input's dtype and device.
+    (N kept in every M consecutive inputs of a row). ``num_zeros`` may be every weight (a global ranking
+    can ask that of a layer): the layer is then all zeros and the Hessian is not used. The input is not
+    modified; the updated weight has the input's dtype and device.
     """
     rows, columns = weight_out_in.shape
     if tuple(hessian.shape) != (columns, columns):
         raise ValueError(f"sparsegpt: hessian has shape {tuple(hessian.shape)}, expected ({columns}, {columns})")
-    if _zero_count(rows, columns, sparsity, n_m, num_zeros) == 0:
+    count = _zero_count(rows, columns, sparsity, n_m, num_zeros)
+    if count == 0:
         return torch.ones_like(weight_out_in, dtype=torch.bool), weight_out_in.detach().clone()
+    if count == rows * columns:
+        return torch.zeros_like(weight_out_in, dtype=torch.bool), torch.zeros_like(weight_out_in)
     upper = _inverse_cholesky_upper(hessian.detach().to(weight_out_in.device, torch.float32), dampening)
     return sparsegpt_sweep(weight_out_in, upper, sparsity, n_m, block_size, num_zeros)
 
@@ -150,7 +157,7 @@ _INNER = 16  # columns per inner sub-block: rank-1 updates stay inside it, the r
 @torch.no_grad()
 def sparsegpt_sweep(
     weight_out_in: torch.Tensor,
-    upper: torch.Tensor,
+    upper: torch.Tensor | None,
     sparsity: float | None = None,
     n_m: tuple[int, int] | None = None,
     block_size: int = 128,
@@ -158,7 +165,8 @@ def sparsegpt_sweep(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``sparsegpt_prune`` given U, the upper Cholesky factor of the damped inverse Hessian.
 
-    Layers fed by the same input (q/k/v, gate/up) share one Hessian and so one factor.
+    Layers fed by the same input (q/k/v, gate/up) share one Hessian and so one factor. ``upper`` is not
+    used (and may be None) when no weight or every weight is pruned: no reconstruction is left to do.
     """
     rows, columns = weight_out_in.shape
     num_zeros = _zero_count(rows, columns, sparsity, n_m, num_zeros)
@@ -171,6 +179,8 @@ def sparsegpt_sweep(
         inner = max(m, (inner // m) * m)
     if num_zeros == 0:
         return torch.ones_like(weight_out_in, dtype=torch.bool), weight_out_in.detach().clone()
+    if num_zeros == rows * columns:  # every weight pruned: nothing kept to reconstruct with
+        return torch.zeros_like(weight_out_in, dtype=torch.bool), torch.zeros_like(weight_out_in)
 
     # Work on the transpose (in, out): one input column of W is then one contiguous row, so the
     # per-column updates below touch contiguous memory.
@@ -262,9 +272,10 @@ class SparseGPTCriterion(CalibratedCriterion):
             factors: list[tuple[torch.Tensor, torch.Tensor]] = []  # (hessian, factor): shared inputs, one factor
             for weight in block_weights:
                 hessian = statistics.pop(weight.name).hessian()
+                everything = not config.n_m and counts[weight.name] == weight.weight.numel()
                 upper = next((u for h, u in factors if h.shape == hessian.shape and torch.equal(h, hessian)), None)
-                if upper is None:
-                    upper = _inverse_cholesky_upper(hessian, config.sparsegpt_dampening)
+                if upper is None and not everything:  # a layer that loses every weight needs no factor
+                    upper = _inverse_cholesky_upper(hessian, config.sparsegpt_dampening, weight.name)
                     factors.append((hessian, upper))
                 keep, updated = sparsegpt_sweep(
                     weight.as_out_in(weight.weight),
