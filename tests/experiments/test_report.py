@@ -63,7 +63,7 @@ def test_summary_errors_and_undefined_normalisation():
     summary = summarize(_records(dense=zero))
     point = summary["groups"]["magnitude"]["curves"]["open_book"][1]
     assert math.isnan(point["normalized"]["exact_match"]) and point["normalized"]["f1"] == pytest.approx(1.0)
-    assert summary["groups"]["magnitude"]["tolerance"]["open_book"] == 0.0  # undefined never counts as tolerated
+    assert summary["groups"]["magnitude"]["tolerance"]["open_book"] is None  # undefined, not "tolerates nothing"
 
 
 def test_table_and_all_results(tmp_path):
@@ -88,6 +88,28 @@ def test_table_and_all_results(tmp_path):
     written = json.loads(paths["all_results"].read_text())  # strict JSON: NaN became null
     assert written["summary"]["groups"]["magnitude"]["curves"]["closed_book"][1]["normalized"]["exact_match"] is None
     assert paths["table"].read_text().count("n/a") > 0
+
+
+def test_undefined_tolerance_is_reported_as_undefined_with_its_reason(tmp_path):
+    # closed-book: the dense model scores 0, so nothing normalises; wanda has no closed-book sparse point
+    dense = {**DENSE, "closed_book": {"exact_match": 0.0, "f1": 0.4}}
+    curves = {**CURVES, ("wanda", "unstructured"): {"open_book": CURVES[("wanda", "unstructured")]["open_book"]}}
+    summary = summarize(_records(dense=dense, curves=curves), settings=["open_book", "closed_book"])
+    magnitude, wanda = summary["groups"]["magnitude"], summary["groups"]["wanda"]
+    assert magnitude["tolerance"] == {"open_book": 0.2, "closed_book": None}
+    assert magnitude["tolerance_undefined"] == {"closed_book": "dense score 0"}
+    assert wanda["tolerance"]["closed_book"] is None
+    assert wanda["tolerance_undefined"] == {"closed_book": "no sparse points"}
+
+    paths = write_report(tmp_path, summary)
+    lines = paths["table"].read_text().splitlines()
+    assert "| magnitude | 0.20 | n/a (dense score 0) |" in lines
+    assert "| wanda | 0.40 | n/a (no sparse points) |" in lines
+    written = json.loads(paths["all_results"].read_text())
+    assert written["tolerance_magnitude_closed_book"] is None and written["tolerance_wanda_closed_book"] is None
+    assert written["tolerance_magnitude_open_book"] == 0.2
+    assert written["summary"]["groups"]["magnitude"]["tolerance_undefined"] == {"closed_book": "dense score 0"}
+    plot_normalized_curves(summary, tmp_path / "figure.png")  # the legend says undefined too, without crashing
 
 
 def test_figure_is_a_png_with_one_panel_per_method(tmp_path):

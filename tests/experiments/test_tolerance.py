@@ -14,8 +14,7 @@ def test_tolerance_walks_up_until_the_first_drop():
 
 def test_tolerance_edge_cases():
     assert sparsity_tolerance([(0.0, 1.0), (0.1, 0.5)]) == 0.0
-    assert sparsity_tolerance([]) == 0.0
-    assert sparsity_tolerance([(0.1, math.nan), (0.2, 1.0)]) == 0.0
+    assert sparsity_tolerance([(0.0, 1.0), (0.1, 1.0), (0.2, 0.5), (0.3, math.nan)]) == 0.1
     with pytest.raises(ValueError, match="threshold"):
         sparsity_tolerance([(0.1, 1.0)], threshold=0)
 
@@ -23,3 +22,14 @@ def test_tolerance_edge_cases():
 def test_normalized_score():
     assert normalized_score(0.3, 0.6) == 0.5
     assert math.isnan(normalized_score(0.3, 0.0))
+
+
+def test_undefined_tolerance_is_none_not_zero():
+    # no pruned point to judge by: undefined, not "tolerates nothing"
+    assert sparsity_tolerance([]) is None
+    assert sparsity_tolerance([(0.0, 1.0)]) is None
+    # a dense score of 0 normalises every score to NaN: undefined
+    assert sparsity_tolerance([(0.0, math.nan), (0.1, math.nan), (0.2, math.nan)]) is None
+    assert sparsity_tolerance([(0.1, math.nan), (0.2, 1.0)]) is None
+    # a NaN after the first failing point does not matter
+    assert sparsity_tolerance([(0.1, 0.5), (0.2, math.nan)]) == 0.0

@@ -66,7 +66,13 @@ def plot_normalized_curves(
                     continue
                 undefined = not points or len(points) < len(group["curves"][setting])
                 dense = summary["dense"][setting].get(metric)
-                suffix = "dense score 0: undefined" if not points else f"dense {dense:.2f}, tolerance {tolerance:.2f}"
+                if not points:
+                    suffix = "dense score 0: undefined"
+                elif tolerance is None:
+                    reason = (group.get("tolerance_undefined") or {}).get(setting, "undefined")
+                    suffix = f"dense {dense:.2f}, tolerance n/a: {reason}"
+                else:
+                    suffix = f"dense {dense:.2f}, tolerance {tolerance:.2f}"
                 axis.plot(
                     [s for s, _ in points],
                     [v for _, v in points],

@@ -71,13 +71,16 @@ def summarize(
         group["curves"][key["setting"]].append(_point(key["sparsity"], record["metrics"], dense[key["setting"]]))
 
     for group in groups.values():
-        group["tolerance"] = {}
+        group["tolerance"], group["tolerance_undefined"] = {}, {}
         for setting, points in group["curves"].items():
             points.sort(key=lambda point: point["sparsity"])
             points.insert(0, _point(0.0, dense[setting], dense[setting]))
-            group["tolerance"][setting] = sparsity_tolerance(
+            tolerance = sparsity_tolerance(
                 [(point["sparsity"], point["normalized"][metric]) for point in points], threshold
             )
+            group["tolerance"][setting] = tolerance
+            if tolerance is None:
+                group["tolerance_undefined"][setting] = _undefined_reason(points, dense[setting].get(metric))
     return {
         "metric": metric,
         "metrics": metrics,
@@ -87,6 +90,15 @@ def summarize(
         "dense": {setting: dense[setting] for setting in order},
         "groups": groups,
     }
+
+
+def _undefined_reason(points: Sequence[Mapping[str, Any]], dense_score: Any) -> str:
+    """Why a tolerance is undefined (None): no pruned point, a dense score of 0 (nothing normalises), or NaN."""
+    if not any(point["sparsity"] > 0 for point in points):
+        return "no sparse points"
+    if dense_score is not None and float(dense_score) == 0:
+        return "dense score 0"
+    return "NaN normalised score"
 
 
 def _point(sparsity: float, metrics: Mapping[str, Any], dense: Mapping[str, Any]) -> dict[str, Any]:
@@ -102,14 +114,22 @@ def _point(sparsity: float, metrics: Mapping[str, Any], dense: Mapping[str, Any]
     }
 
 
-def tolerance_table(summary: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """``{group: {setting: tolerance}}``."""
+def tolerance_table(summary: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
+    """``{group: {setting: tolerance}}``; None where the tolerance is undefined (see ``tolerance_undefined``)."""
     return {name: dict(group["tolerance"]) for name, group in summary["groups"].items()}
 
 
 # -------------------------------------------------------------------------------------------------- text
 def _number(value: float, digits: int = 3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _tolerance_cell(group: Mapping[str, Any], setting: str) -> str:
+    tolerance = group["tolerance"][setting]
+    if tolerance is None or (isinstance(tolerance, float) and math.isnan(tolerance)):
+        reason = (group.get("tolerance_undefined") or {}).get(setting)
+        return f"n/a ({reason})" if reason else "n/a"
+    return _number(tolerance, 2)
 
 
 def format_table(summary: Mapping[str, Any]) -> str:
@@ -145,11 +165,16 @@ def format_table(summary: Mapping[str, Any]) -> str:
     short = METRIC_LABELS.get(summary["metric"], summary["metric"])
     tolerance_rows = [["method"] + [labels[s] for s in settings], ["---"] * (len(settings) + 1)]
     for group_key, group in summary["groups"].items():
-        tolerance_rows.append([group_key] + [_number(group["tolerance"][s], 2) for s in settings])
+        tolerance_rows.append([group_key] + [_tolerance_cell(group, s) for s in settings])
     lines += [
         "",
         f"Sparsity tolerance: the largest sparsity whose normalised {short} (sparse / dense) stays >= "
-        f"{summary['threshold']:g}.",
+        f"{summary['threshold']:g}."
+        + (
+            " n/a: undefined (no sparse points to judge by, or a dense score of 0 that normalises nothing)."
+            if any(group.get("tolerance_undefined") for group in summary["groups"].values())
+            else ""
+        ),
         "",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in tolerance_rows]

@@ -19,20 +19,28 @@ def normalized_score(score: float, dense_score: float) -> float:
     return score / dense_score
 
 
-def sparsity_tolerance(points: Iterable[tuple[float, float]], threshold: float = DEFAULT_THRESHOLD) -> float:
+def sparsity_tolerance(points: Iterable[tuple[float, float]], threshold: float = DEFAULT_THRESHOLD) -> float | None:
     """The largest sparsity up to which the normalised score *stays* at or above ``threshold``.
 
     ``points`` are (sparsity, normalised score) pairs. Walking up from the lowest sparsity, the tolerance
     is the last sparsity before the first point below the threshold (a later recovery, usually noise,
-    does not count). 0.0 when the first pruned point already fails. NaN scores count as failures.
+    does not count). 0.0 when the first pruned point already fails.
+
+    None when the tolerance is undefined: there is no pruned point (sparsity > 0) to judge by, or a NaN
+    score (a dense score of 0 normalises every score to NaN) comes before the first failing point, so
+    whether the curve stays above the threshold cannot be told.
     """
     if not 0 < threshold:
         raise ValueError(f"threshold={threshold!r} must be positive")
     tolerance = 0.0
+    pruned = False
     for sparsity, score in sorted(points):
         if sparsity == 0:
             continue  # the dense point is the reference, not evidence of tolerance
-        if not (score >= threshold):  # also catches NaN
+        pruned = True
+        if score is None or math.isnan(score):
+            return None
+        if not score >= threshold:
             break
         tolerance = sparsity
-    return tolerance
+    return tolerance if pruned else None
