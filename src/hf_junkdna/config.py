@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,12 +113,16 @@ class SparsityConfig:
                     raise SparsityConfigError(
                         f"{name}: {expression!r} is not a valid regular expression ({error})"
                     ) from error
-        if int(self.num_calibration_samples) <= 0:
-            raise SparsityConfigError(f"num_calibration_samples={self.num_calibration_samples!r} must be positive")
-        if int(self.sparsegpt_block_size) <= 0:
-            raise SparsityConfigError(f"sparsegpt_block_size={self.sparsegpt_block_size!r} must be positive")
-        if not self.sparsegpt_dampening > 0:
-            raise SparsityConfigError(f"sparsegpt_dampening={self.sparsegpt_dampening!r} must be positive")
+        for name in ("num_calibration_samples", "sparsegpt_block_size"):
+            value = getattr(self, name)
+            # numbers.Integral: int and numpy integers; not bool, float or str
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+                raise SparsityConfigError(f"{name}={value!r}: expected a positive integer")
+            setattr(self, name, int(value))
+        dampening = self.sparsegpt_dampening
+        if isinstance(dampening, bool) or not isinstance(dampening, numbers.Real) or not 0 < dampening < math.inf:
+            raise SparsityConfigError(f"sparsegpt_dampening={dampening!r}: expected a finite number > 0")
+        self.sparsegpt_dampening = float(dampening)
 
     @property
     def n_m(self) -> tuple[int, int] | None:
