@@ -463,6 +463,7 @@ def store_config(model_args, data_args, prompt_args, sweep_args, train_args) -> 
     config.update(scope=sweep_args.scope, wanda_statistics=sweep_args.wanda_statistics)
     if train_args.do_train:
         config.update({k: v for k, v in asdict(train_args).items() if k not in ("push_to_hub", "hub_model_id")})
+        config.update(seed=sweep_args.seed)  # fine-tuning's data order and dropout follow the seed
     return config
 
 

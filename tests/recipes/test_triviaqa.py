@@ -301,3 +301,14 @@ def test_push_to_hub_sends_one_checkpoint_per_method(tiny_qa_model, qa_file, tmp
         with opener.open(f"{hub_endpoint}/{repo}/resolve/main/sparsity_results.json") as response:
             text = response.read().decode()
         assert "closed-book" in text and "open-book" in text
+
+
+def test_seed_is_in_the_fingerprint_when_fine_tuning():
+    from hf_junkdna.experiments.args import parse_args
+    from hf_junkdna.experiments.store import config_fingerprint
+
+    def fingerprint(*argv):
+        return config_fingerprint(triviaqa.store_config(*parse_args(triviaqa.ARGUMENT_TYPES, list(argv))))
+
+    assert fingerprint("--do_train") != fingerprint("--do_train", "--seed", "7")  # trained cells depend on it
+    assert fingerprint() == fingerprint("--seed", "7")  # greedy decoding without training does not
