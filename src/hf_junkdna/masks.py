@@ -213,7 +213,16 @@ class MaskSet:
 
     # ---------------------------------------------------------------- set ops
     def intersect(self, other: MaskSet) -> MaskSet:
-        """Keep where both keep (names present in only one set are copied as they are)."""
+        """Keep where both keep (names present in only one set are copied as they are).
+
+        Raises MaskMismatchError naming the first parameter whose two masks have different shapes.
+        """
+        for name in self._shapes.keys() & other._shapes.keys():
+            if self._shapes[name] != other._shapes[name]:
+                raise MaskMismatchError(
+                    f"cannot intersect the masks for {name!r}: shapes {tuple(self._shapes[name])} and "
+                    f"{tuple(other._shapes[name])} differ"
+                )
         result = MaskSet(metadata=self.metadata)
         for name in dict.fromkeys([*self._packed, *other._packed]):
             if name in self and name in other:

@@ -91,6 +91,17 @@ def test_intersect_and_from_zeros(llama):
         assert torch.equal(both.masks[name], masks.masks[name] & other.masks[name])
 
 
+def test_intersect_refuses_masks_of_different_shapes_naming_the_parameter():
+    square = MaskSet({"a": torch.ones(2, 2, dtype=torch.bool)})
+    wide = MaskSet({"w": torch.ones(4, 8, dtype=torch.bool)})
+    with pytest.raises(MaskMismatchError, match=r"'w'.*\(4, 8\).*\(8, 4\)"):  # same bytes, other shape
+        wide.intersect(MaskSet({"w": torch.zeros(8, 4, dtype=torch.bool)}))
+    with pytest.raises(MaskMismatchError, match=r"'w'.*\(4, 8\).*\(4, 9\)"):  # other byte length
+        wide.intersect(MaskSet({"w": torch.zeros(4, 9, dtype=torch.bool)}))
+    both = wide.intersect(square)  # names in only one set are copied as they are
+    assert both.names() == ["w", "a"] and both.shape("a") == (2, 2)
+
+
 def test_save_is_byte_stable_and_pruned_zeros_are_positive(tmp_path, llama):
     masks = prune(llama, sparsity=0.5)
     masks.save(tmp_path / "a.safetensors")
