@@ -6,7 +6,10 @@ let block k see the *dense* blocks before it. Instead (as in the Wanda and Spars
 
 1. run the model on every calibration batch only up to the first transformer block, and store what that
    block receives (its positional and keyword arguments: hidden states, attention masks, position ids,
-   rotary cos/sin...), with caches disabled; a forward pre-hook raises a private exception to stop there;
+   rotary cos/sin...), with caches disabled; a forward pre-hook raises a private exception to stop there.
+   Hybrid models (sliding-window and full-attention layers) give each block its own mask or rotary
+   embeddings: the first batch runs on through every block to find out, and where contexts differ every
+   batch does, keeping each block's context (references, no activations);
 2. for each block k in order: hook its prunable Linear/Conv1D layers to accumulate statistics, run block
    k on the stored inputs, let the criterion prune the block, then run block k again so that its outputs
    (from the already pruned block) become the inputs of block k+1.
@@ -84,6 +87,22 @@ class _BlockCall:
         if self.hidden_in_kwargs:
             return _BlockCall(self.args, {**self.kwargs, "hidden_states": hidden}, self.token_mask, True)
         return _BlockCall((hidden, *self.args[1:]), self.kwargs, self.token_mask, False)
+
+    def context(self) -> tuple[tuple, dict[str, Any]]:
+        """Everything but the hidden states (masks, positions, rotary cos/sin...)."""
+        if self.hidden_in_kwargs:
+            return self.args, {key: value for key, value in self.kwargs.items() if key != "hidden_states"}
+        return self.args[1:], self.kwargs
+
+    def with_context(self, context: tuple[tuple, dict[str, Any]], hidden_in_kwargs: bool) -> _BlockCall:
+        """These hidden states with another block's context (its own attention mask, rotary embeddings...)."""
+        args, kwargs = context
+        if hidden_in_kwargs:
+            return _BlockCall(args, {**kwargs, "hidden_states": self.hidden}, self.token_mask, True)
+        return _BlockCall((self.hidden, *args), kwargs, self.token_mask, False)
+
+
+_BlockContext = tuple[tuple[tuple, dict[str, Any]], bool]  # (context, hidden_in_kwargs) of one block call
 
 
 class _StopForward(Exception):
@@ -266,41 +285,100 @@ def _accepts(function: Callable, name: str) -> bool:
         return False
 
 
+def _sanitized_call(args: tuple, kwargs: dict[str, Any], token_mask) -> _BlockCall:
+    """A block's call as stored: caches removed (the blocks run once per batch, no generation)."""
+    hidden_in_kwargs = not args and "hidden_states" in kwargs
+    kwargs = {key: _without_cache(value) for key, value in kwargs.items()}
+    for key in _CACHE_KWARGS:
+        if key in kwargs:
+            kwargs[key] = None
+    if "use_cache" in kwargs:
+        kwargs["use_cache"] = False
+    args = tuple(_without_cache(value) for value in args)
+    return _BlockCall(args, kwargs, token_mask, hidden_in_kwargs)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Structural equality of block arguments (tensors: same object, or same shape, dtype and values)."""
+    if a is b:
+        return True
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
+            and a.dtype == b.dtype
+            and a.device == b.device
+            and bool(torch.equal(a, b))
+        )
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[key], b[key]) for key in a)
+    try:
+        return bool(a == b)
+    except Exception:  # objects without a usable ==: treat as different, which is always safe
+        return False
+
+
 @torch.no_grad()
-def capture_block_inputs(model: nn.Module, block: nn.Module, batches: Sequence[CalibrationBatch]) -> list[_BlockCall]:
-    """Run ``model`` on each batch up to ``block`` and return what ``block`` was called with."""
+def capture_block_inputs(
+    model: nn.Module, blocks: nn.Module | Sequence[nn.Module], batches: Sequence[CalibrationBatch]
+) -> tuple[list[_BlockCall], list[list[_BlockContext]] | None]:
+    """Run ``model`` on each batch up to the first of ``blocks`` and return what it was called with.
+
+    Hybrid models call their blocks with different contexts: sliding-window and full-attention layers get
+    different attention masks (Gemma2/3, Qwen2, Mistral variants, Cohere2), Gemma3 different rotary
+    embeddings. On the first batch the forward therefore runs on to the last of ``blocks``, recording every
+    block's call; if any block's context differs from the first's, every batch is run that far and the
+    per-block calls come back as the second item (``[block position][batch]``), else None and the other
+    batches stop at the first block.
+    """
+    blocks = [blocks] if isinstance(blocks, nn.Module) else list(blocks)
     device = _input_device(model)
     calls: list[_BlockCall] = []
-    current: dict[str, Any] = {}
+    # per block, per batch: the context alone (a reference to tensors the model shares between its blocks),
+    # never the hidden states, so this costs no activations
+    per_block: list[list[_BlockContext]] = [[] for _ in blocks]
+    state: dict[str, Any] = {"stop_at": len(blocks) - 1, "per_block": True}
 
-    def hook(module, args, kwargs):
-        hidden_in_kwargs = not args and "hidden_states" in kwargs
-        kwargs = {key: _without_cache(value) for key, value in kwargs.items()}
-        for key in _CACHE_KWARGS:
-            if key in kwargs:
-                kwargs[key] = None
-        if "use_cache" in kwargs:
-            kwargs["use_cache"] = False
-        args = tuple(_without_cache(value) for value in args)
-        calls.append(_BlockCall(args, kwargs, current["token_mask"], hidden_in_kwargs))
-        raise _StopForward
+    def make_hook(position: int):
+        def hook(module, args, kwargs):
+            call = _sanitized_call(args, kwargs, state["token_mask"])
+            if state["per_block"]:
+                per_block[position].append((call.context(), call.hidden_in_kwargs))
+            if position == 0:
+                calls.append(call)
+            if position >= state["stop_at"]:
+                raise _StopForward
+
+        return hook
 
     extra = {"use_cache": False} if _accepts(model.forward, "use_cache") else {}
-    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+    handles = [
+        block.register_forward_pre_hook(make_hook(position), with_kwargs=True) for position, block in enumerate(blocks)
+    ]
     try:
         for index, batch in enumerate(batches):
-            current["token_mask"] = None if batch.token_mask is None else batch.token_mask.to(device)
+            state["token_mask"] = None if batch.token_mask is None else batch.token_mask.to(device)
             try:
                 model(**_to(batch.inputs, device), **extra)
             except _StopForward:
-                continue
-            raise RuntimeError(
-                f"calibration: the model's forward on calibration batch {index} finished without calling the "
-                f"transformer block {type(block).__name__}; layer-by-layer calibration cannot capture its inputs"
-            )
+                pass
+            else:
+                raise RuntimeError(
+                    f"calibration: the model's forward on calibration batch {index} finished without calling the "
+                    f"transformer block {type(blocks[state['stop_at']]).__name__}; layer-by-layer calibration cannot "
+                    "capture its inputs"
+                )
+            if index == 0:
+                first = per_block[0][0]
+                if all(_same(first, contexts[0]) for contexts in per_block[1:]):
+                    state.update(stop_at=0, per_block=False)  # one context for all: stop at the first block
     finally:
-        handle.remove()
-    return calls
+        for handle in handles:
+            handle.remove()
+    return calls, per_block if state["per_block"] else None
 
 
 def _first_output(output: Any) -> torch.Tensor:
@@ -403,10 +481,13 @@ def layer_by_layer(
             wanted = [index for index, _ in stack if index in by_block]
             if not wanted:
                 continue
-            calls = capture_block_inputs(model, stack[0][1], batches)
-            for index, block in stack:
+            needed = [block for index, block in stack if index <= wanted[-1]]
+            calls, per_block = capture_block_inputs(model, needed, batches)
+            for position, (index, block) in enumerate(stack):
                 if index > wanted[-1]:
                     break
+                if per_block is not None and position:  # this block's own mask / rotary embeddings
+                    calls = [call.with_context(*own) for call, own in zip(calls, per_block[position])]
                 more = index < wanted[-1]
                 block_weights = by_block.get(index, [])
                 if not block_weights:
