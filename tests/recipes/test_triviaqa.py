@@ -312,3 +312,42 @@ def test_seed_is_in_the_fingerprint_when_fine_tuning():
 
     assert fingerprint("--do_train") != fingerprint("--do_train", "--seed", "7")  # trained cells depend on it
     assert fingerprint() == fingerprint("--seed", "7")  # greedy decoding without training does not
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("use_chat_template: yes\n", r"use_chat_template: got the boolean True.*quote"),
+        ("torch_dtype: float64\n", r"torch_dtype: 'float64' is not one of"),
+        ("num_questions: 2.5\n", r"num_questions: 2.5 is not a valid int"),
+        ("threshold: abc\n", r"threshold: 'abc' is not a valid float"),
+        ("do_train: maybe\n", r"do_train: 'maybe' is not a valid boolean"),
+        ("sparsities: [0.1, oops]\n", r"sparsities: 'oops' is not a valid float"),
+        ("methods: []\n", r"methods: an empty list"),
+        ("methods: {magnitude: 1}\n", r"methods: expected a single value"),
+        ("num_questions: [3]\n", r"num_questions: expected a single value"),
+        ("num_questions: null\n", r"num_questions: null"),
+    ],
+)
+def test_config_file_values_are_checked_like_the_command_line(tmp_path, text, message):
+    from hf_junkdna.experiments.args import parse_args
+
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigFileError, match=rf"--config '{config}': {message}"):
+        parse_args(triviaqa.ARGUMENT_TYPES, ["--config", str(config)])
+
+
+def test_config_file_values_are_converted_like_the_command_line(tmp_path):
+    from hf_junkdna.experiments.args import parse_args
+
+    config = tmp_path / "ok.yaml"
+    config.write_text(
+        "methods: magnitude\nsparsities: 0.5\nsettings: [closed_book]\nnum_questions: '7'\ndo_train: 'no'\n"
+        "use_chat_template: 'yes'\nlearning_rate: 1e-5\ntokenizer_name: null\nthreshold: 1\n"
+    )
+    _, data_args, prompt_args, sweep_args, train_args = parse_args(triviaqa.ARGUMENT_TYPES, ["--config", str(config)])
+    assert sweep_args.methods == ["magnitude"] and sweep_args.sparsities == [0.5]  # a single value: a 1-item list
+    assert sweep_args.settings == ["closed_book"] and sweep_args.threshold == 1.0
+    assert data_args.num_questions == 7 and train_args.do_train is False and prompt_args.use_chat_template == "yes"
+    assert train_args.learning_rate == 1e-5  # YAML 1.1 reads 1e-5 as a string; float() takes it, as argparse does
