@@ -211,6 +211,25 @@ def test_hybrid_attention_blocks_each_get_their_own_mask_and_rotary_embeddings(p
             torch.testing.assert_close(seen, full[real], rtol=1e-5, atol=1e-6, msg=weight.name)
 
 
+def test_padding_is_excluded_where_a_block_flattens_its_tokens_opt():
+    """OPT runs fc1/fc2 on [batch * seq, features]: padding tokens must be dropped there too."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    model = OPTForCausalLM(
+        OPTConfig(vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=2,
+                  word_embed_proj_dim=32, max_position_embeddings=64)
+    ).eval()  # fmt: skip
+    data = token_batches(padded=True)
+    weights = [
+        w for w in find_prunable_weights(model) if w.name.endswith(("fc1.weight", "fc2.weight", "q_proj.weight"))
+    ]
+    statistics = layer_by_layer(model, weights, prepare_calibration_data(data), Recorder)
+    real_tokens = [int(batch["attention_mask"].sum()) for batch in data]
+    for weight in weights:
+        assert [inputs.shape[0] for inputs in statistics[weight.name].inputs] == real_tokens, weight.name
+
+
 def test_blocks_sharing_one_context_are_captured_at_the_first_block_only():
     model = tiny_gemma3(sliding_window=64)  # a window longer than the sequences: one mask for every layer?
     weights = find_prunable_weights(model)

@@ -410,7 +410,9 @@ def _observing(weights: Sequence[PrunableWeight], statistics: Mapping[str, Stati
             inputs = args[0]
             flat = inputs.reshape(-1, inputs.shape[-1])
             mask = token_masks[0]
-            if mask is not None and tuple(inputs.shape[:-1]) == tuple(mask.shape):
+            # one row per token, in token order: [batch, seq, features], or flattened to [batch * seq, features]
+            # as OPT's fc1/fc2 see them (rows routed to MoE experts, a subset, cannot be matched and all count)
+            if mask is not None and flat.shape[0] == mask.numel():
                 flat = flat[mask.reshape(-1).to(flat.device)]
             stats.update(flat.detach())
 
