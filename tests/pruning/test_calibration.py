@@ -415,6 +415,22 @@ def test_each_stack_is_captured_from_the_model_pruned_so_far():
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_t5_decoder_is_calibrated_on_the_shifted_inputs(method):
+    """T5 (unlike BART) does not derive decoder inputs from input_ids: calibration gives it the shifted ids."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(
+        T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+                 decoder_start_token_id=0, pad_token_id=0)
+    ).eval()  # fmt: skip
+    masks = prune(model, SparsityConfig(method=method, sparsity=0.5), token_batches())
+    decoder = [name for name in masks.names() if name.startswith("decoder.")]
+    assert decoder and masks.num_zeros() == round(0.5 * masks.num_weights())
+    assert all(masks.get(name).float().mean() < 1 for name in decoder)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])

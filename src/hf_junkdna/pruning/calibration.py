@@ -285,6 +285,20 @@ def _accepts(function: Callable, name: str) -> bool:
         return False
 
 
+def _model_inputs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch as the model's forward needs it: encoder-decoder models that do not derive decoder inputs
+    themselves (T5; BART does) get the input ids shifted right, the decoder's usual teacher-forcing input."""
+    config = getattr(model, "config", None)
+    if (
+        getattr(config, "is_encoder_decoder", False)
+        and "decoder_input_ids" not in inputs
+        and "labels" not in inputs
+        and hasattr(model, "prepare_decoder_input_ids_from_labels")
+    ):
+        return {**inputs, "decoder_input_ids": model.prepare_decoder_input_ids_from_labels(labels=inputs["input_ids"])}
+    return inputs
+
+
 def _sanitized_call(args: tuple, kwargs: dict[str, Any], token_mask) -> _BlockCall:
     """A block's call as stored: caches removed (the blocks run once per batch, no generation)."""
     hidden_in_kwargs = not args and "hidden_states" in kwargs
@@ -362,7 +376,7 @@ def capture_block_inputs(
         for index, batch in enumerate(batches):
             state["token_mask"] = None if batch.token_mask is None else batch.token_mask.to(device)
             try:
-                model(**_to(batch.inputs, device), **extra)
+                model(**_to(_model_inputs(model, batch.inputs), device), **extra)
             except _StopForward:
                 pass
             else:
