@@ -74,6 +74,17 @@ def test_tensor_is_split_into_batches_and_truncated():
     assert prepare_calibration_data(torch.arange(5))[0].inputs["input_ids"].shape == (1, 5)
 
 
+def test_a_tuple_of_tensors_is_one_batch_with_its_attention_mask():
+    ids = torch.randint(2, VOCAB, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[1, 5:] = 0
+    (batch,) = prepare_calibration_data((ids, mask))
+    assert torch.equal(batch.inputs["input_ids"], ids) and torch.equal(batch.token_mask, mask.bool())
+    with pytest.raises(ValueError, match=r"attention_mask holds values other than 0 and 1.*as a list"):
+        prepare_calibration_data((ids, torch.randint(2, VOCAB, (2, 8))))  # two id tensors meant as two batches
+    assert len(prepare_calibration_data([ids, ids])) == 2
+
+
 def test_lists_dicts_and_dataloaders():
     ids = torch.randint(0, VOCAB, (6, 5))
     mask = torch.ones_like(ids)

@@ -162,6 +162,11 @@ def _check_batch(batch: dict[str, torch.Tensor], where: str) -> dict[str, torch.
             f"calibration_data{where}: attention_mask has shape {tuple(mask.shape)} but input_ids has "
             f"{tuple(input_ids.shape)}"
         )
+    if mask is not None and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(
+            f"calibration_data{where}: attention_mask holds values other than 0 and 1 (token ids?); a tuple of tensors "
+            "is read as (input_ids, attention_mask): pass several batches as a list"
+        )
     if mask is not None and not bool((mask != 0).any(dim=1).all()):
         raise ValueError(f"calibration_data{where}: a sequence has an all-zero attention_mask (no real token)")
     return batch
@@ -189,7 +194,12 @@ def prepare_calibration_data(
         raise ValueError("calibration_data is None; Wanda/SparseGPT need tokenized calibration sequences")
     if isinstance(calibration_data, (str, bytes)):
         raise ValueError("calibration_data: got text; tokenize it first (a tensor or list of input_ids tensors)")
-    if isinstance(calibration_data, (torch.Tensor, Mapping)):
+    one_tuple = isinstance(calibration_data, tuple) and all(
+        isinstance(part, torch.Tensor) for part in calibration_data
+    )
+    if isinstance(calibration_data, (torch.Tensor, Mapping)) or (one_tuple and calibration_data):
+        # a tuple of tensors is one (input_ids, attention_mask) batch, as a TensorDataset's DataLoader yields
+        # them; a sequence of batches is a list
         items: Iterable = [calibration_data]
         single = True
     elif isinstance(calibration_data, Iterable):
