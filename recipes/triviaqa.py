@@ -32,6 +32,7 @@ results.md (the table printed at the end), triviaqa_normalized.png, and the resu
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -457,10 +458,29 @@ def _model_label(name: str) -> str:
     return "SmolLM2-135M-Instruct (packaged)" if name == SMOLLM2_ALIAS else Path(name.rstrip("/")).name
 
 
-def store_config(model_args, data_args, prompt_args, sweep_args, train_args) -> dict[str, Any]:
-    """What a cell's result depends on (the sweep grid is left out: extending it reuses finished cells)."""
+def records_digest(records: list[dict]) -> dict[str, Any]:
+    """``{"count", "sha256"}`` of records' ids, questions, answers and evidence, in order: which questions a run
+    scores (or shows as few-shot examples), however they were selected."""
+    fields = ("question_id", "question", "answer", "evidence")
+    canonical = to_json([{name: record.get(name) for name in fields} for record in records], indent=None)
+    return {"count": len(records), "sha256": hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]}
+
+
+def store_config(
+    model_args, data_args, prompt_args, sweep_args, train_args, questions=None, shots=None
+) -> dict[str, Any]:
+    """What a cell's result depends on (the sweep grid is left out: extending it reuses finished cells).
+
+    ``questions`` (the loaded evaluation records) and ``shots`` (the few-shot examples) enter as digests: which
+    rows load can depend on more than the data options (with open_book among --settings, Hub rows without an
+    evidence passage are skipped), and cells scored on other questions must never be reused.
+    """
     config = {**asdict(model_args), **asdict(data_args), **asdict(prompt_args)}
     config.update(scope=sweep_args.scope, wanda_statistics=sweep_args.wanda_statistics)
+    if questions is not None:
+        config.update(eval_questions=records_digest(questions))
+    if shots:
+        config.update(few_shot_examples=records_digest(shots))
     if train_args.do_train:
         config.update({k: v for k, v in asdict(train_args).items() if k not in ("push_to_hub", "hub_model_id")})
         config.update(seed=sweep_args.seed)  # fine-tuning's data order and dropout follow the seed
@@ -538,7 +558,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     )
 
     # 2. the sweep: resumable, one record per finished cell (main process writes)
-    config = store_config(model_args, data_args, prompt_args, sweep_args, train_args)
+    config = store_config(model_args, data_args, prompt_args, sweep_args, train_args, questions, shots)
     with state.main_process_first():
         store = ResultsStore(
             sweep_args.output_dir,

@@ -351,3 +351,43 @@ def test_config_file_values_are_converted_like_the_command_line(tmp_path):
     assert sweep_args.settings == ["closed_book"] and sweep_args.threshold == 1.0
     assert data_args.num_questions == 7 and train_args.do_train is False and prompt_args.use_chat_template == "yes"
     assert train_args.learning_rate == 1e-5  # YAML 1.1 reads 1e-5 as a string; float() takes it, as argparse does
+
+
+def _hub_rows(split, count):
+    """TriviaQA rc rows, every other one without documents (no evidence passage)."""
+    return [
+        {
+            "question_id": f"{split}{index}",
+            "question": f"Question {index}?",
+            "answer": {"value": f"A{index}", "aliases": [f"A{index}"]},
+            "entity_pages": {"wiki_context": [] if index % 2 == 0 else [f"The answer is A{index}."]},
+            "search_results": {"search_context": []},
+        }
+        for index in range(count)
+    ]
+
+
+def test_resume_refuses_cells_scored_on_other_questions(tiny_qa_model, tmp_path, monkeypatch):
+    import datasets
+
+    from hf_junkdna.experiments.store import StoreMismatchError
+
+    def load_dataset(name, config=None, split=None, streaming=False):
+        assert streaming
+        return iter(_hub_rows(split, 12))
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    out = tmp_path / "hub"
+    argv = _fast(tiny_qa_model, out, "--dataset_name", "mandarjoshi/trivia_qa", "--methods", "magnitude")
+    argv += ["--num_questions", "3"]
+    with patch.object(sys, "argv", [*argv, "--settings", "closed_book"]):
+        triviaqa.main()
+    # more sparsities on the same questions: the finished cells are reused
+    with patch.object(sys, "argv", [*argv, "--settings", "closed_book", "--sparsities", "0", "0.3", "0.5"]):
+        triviaqa.main()
+    assert json.loads((out / "all_results.json").read_text())["run"]["cells_evaluated_now"] == 1
+    # with open_book, rows without evidence are skipped: other questions, so no closed-book cell may be reused
+    with patch.object(sys, "argv", [*argv, "--settings", "open_book", "closed_book"]):
+        with pytest.raises(StoreMismatchError, match="different configuration.*eval_questions"):
+            triviaqa.main()
+    assert json.loads((out / "sweep.json").read_text())["config"]["eval_questions"]["count"] == 3
