@@ -90,7 +90,11 @@ class DataArguments:
         default=None,
         metadata={
             "help": "None: the TriviaQA-schema sample shipped with hf_junkdna. A Hub dataset (mandarjoshi/trivia_qa, "
-            "read streaming) or a local .json/.jsonl file with question, answer {value, aliases}, evidence."
+            "read streaming) or a local .json/.jsonl file with question, answer {value, aliases}, evidence, and "
+            "a 'split' column that --eval_split/--train_split select rows by. A local file without a 'split' column "
+            "is split in file order: its first --num_questions rows are evaluated, the rows after them are the "
+            "train rows (few-shot examples, calibration text, --do_train data), so no evaluated question (or its "
+            "answer) is ever shown to the model; --eval_split/--train_split must then keep their defaults."
         },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset config, e.g. 'rc'."})
@@ -231,6 +235,12 @@ def check_arguments(model_args, data_args, prompt_args, sweep_args, train_args) 
     if not 0 < sweep_args.threshold:
         raise ValueError(f"--threshold={sweep_args.threshold}: must be positive")
     OpenClosedBook().select(sweep_args.settings)  # unknown settings raise, naming the valid ones
+    needs_train = prompt_args.few_shot > 0 or train_args.do_train or any(m != "magnitude" for m in sweep_args.methods)
+    if needs_train and data_args.eval_split == data_args.train_split:
+        raise ValueError(
+            f"--eval_split and --train_split are both {data_args.eval_split!r}: the few-shot examples, calibration "
+            "text or --do_train data would come from the evaluated questions (with their answers); use two splits"
+        )
     if train_args.do_train:
         _training_api()
         if train_args.regime == "freeze":
@@ -278,7 +288,9 @@ def load_records(
     """Records in the sample's schema (question, answer {value, aliases}, evidence) from the configured source.
 
     A Hub dataset is streamed (TriviaQA rc is tens of GB with its documents) and, with ``require_evidence``,
-    rows whose documents yield no passage are skipped; local data is taken as it is and validated later.
+    rows whose documents yield no passage are skipped; local data is taken as it is and validated later. A local
+    file's rows are selected by its ``split`` column (a split that matches no row is an error); without one, the
+    first ``--num_questions`` rows are the evaluation split and the rows after them the train split (disjoint).
     """
     name = data_args.dataset_name
     if name is None:
@@ -289,8 +301,7 @@ def load_records(
         if not os.path.isfile(name):
             raise ValueError(f"--dataset_name {name!r}: no such file")
         records = list(datasets.load_dataset("json", data_files=name, split="train"))
-        if records and "split" in records[0]:
-            records = [record for record in records if record.get("split") == split]
+        records = _local_split(records, name, split, data_args)
     else:
         import datasets
 
@@ -309,6 +320,38 @@ def load_records(
         return records
     records = [_map_row(record, data_args) for record in records]
     return records if limit is None else records[:limit]
+
+
+def _local_split(records: list[dict], name: str, split: str, data_args: DataArguments) -> list[dict]:
+    """The rows of a local file that make ``split`` (see :func:`load_records`); never the evaluated questions as
+    train rows."""
+    if records and "split" in records[0]:
+        selected = [record for record in records if record.get("split") == split]
+        if not selected:
+            present = sorted({str(record.get("split")) for record in records})
+            option = "--eval_split" if split == data_args.eval_split else "--train_split"
+            raise ValueError(
+                f"{option} {split!r} matches no rows of {name!r} (its 'split' column holds {present}): the question "
+                "set is empty"
+            )
+        return selected
+    defaults = DataArguments()
+    if (data_args.eval_split, data_args.train_split) != (defaults.eval_split, defaults.train_split):
+        raise ValueError(
+            f"{name!r} has no 'split' column, so --eval_split {data_args.eval_split!r} / --train_split "
+            f"{data_args.train_split!r} cannot select its rows: add a 'split' column, or keep the defaults (the first "
+            "--num_questions rows are evaluated, the rows after them are the train rows)"
+        )
+    if split == data_args.eval_split:
+        return records[: data_args.num_questions]
+    train = records[data_args.num_questions :]
+    if not train:
+        raise ValueError(
+            f"{name!r} has no 'split' column and {len(records)} rows: its first --num_questions={data_args.num_questions} "
+            "rows are the evaluated questions, which leaves no train rows for the few-shot examples, calibration text "
+            "or --do_train data (the evaluated questions are never used for them); add rows, or a 'split' column"
+        )
+    return train
 
 
 def _map_row(row: dict, data_args: DataArguments) -> dict:
@@ -518,8 +561,9 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     train_limit = max(512, prompt_args.few_shot, calibration_records)
     if train_args.do_train:
         train_limit = train_args.max_train_samples
-    train_records = load_records(data_args, data_args.train_split, train_limit)
+    train_records = []
     if needs_train:
+        train_records = load_records(data_args, data_args.train_split, train_limit)
         validate_qa_records(train_records, require_evidence=open_book and prompt_args.few_shot > 0)
     if prompt_args.few_shot > len(train_records):
         raise ValueError(f"--few_shot={prompt_args.few_shot}: the train split has only {len(train_records)} records")

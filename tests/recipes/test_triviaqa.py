@@ -391,3 +391,38 @@ def test_resume_refuses_cells_scored_on_other_questions(tiny_qa_model, tmp_path,
         with pytest.raises(StoreMismatchError, match="different configuration.*eval_questions"):
             triviaqa.main()
     assert json.loads((out / "sweep.json").read_text())["config"]["eval_questions"]["count"] == 3
+
+
+def test_a_file_without_split_column_never_shows_evaluated_questions_as_examples(tmp_path, qa_records):
+    from hf_junkdna.experiments.args import parse_args
+
+    for record in qa_records:
+        del record["split"]
+    data = write_jsonl(tmp_path / "no_split.jsonl", qa_records)
+    _, data_args, *_ = parse_args(triviaqa.ARGUMENT_TYPES, ["--dataset_name", str(data), "--num_questions", "5"])
+    evaluated = triviaqa.load_records(data_args, data_args.eval_split, data_args.num_questions)
+    train = triviaqa.load_records(data_args, data_args.train_split, 512)
+    assert [r["question_id"] for r in evaluated] == ["t0", "t1", "t2", "t3", "t4"]  # the first --num_questions rows
+    assert [r["question_id"] for r in train] == ["t5", "t6", "t7"]  # the rest, disjoint
+    data_args.num_questions = 8  # nothing left to train on: an error, never the evaluated questions
+    with pytest.raises(ValueError, match=r"no_split.jsonl.*no 'split' column.*leaves no train rows"):
+        triviaqa.load_records(data_args, data_args.train_split, 512)
+    data_args.num_questions, data_args.eval_split = 5, "test"  # a split name cannot select rows without the column
+    with pytest.raises(ValueError, match=r"no_split.jsonl.*no 'split' column.*--eval_split 'test'"):
+        triviaqa.load_records(data_args, data_args.eval_split, 5)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--eval_split", "typo_split"], r"--eval_split 'typo_split' matches no rows of '.*qa.jsonl'"),
+        (["--few_shot", "1", "--train_split", "validation"], "--eval_split and --train_split are both 'validation'"),
+    ],
+)
+def test_split_errors_name_the_split_and_the_file(tiny_qa_model, qa_file, tmp_path, extra, message):
+    out = tmp_path / "out"
+    argv = ["triviaqa.py", "--model_name_or_path", str(tiny_qa_model), "--dataset_name", str(qa_file)]
+    with patch.object(sys, "argv", [*argv, "--output_dir", str(out), "--methods", "magnitude", *extra]):
+        with pytest.raises(ValueError, match=message):
+            triviaqa.main()
+    assert not out.exists()
