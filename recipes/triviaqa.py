@@ -199,7 +199,13 @@ class TrainHubArguments:
     learning_rate: float = field(default=2e-5, metadata={"help": "Fine-tuning learning rate."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Fine-tuning epochs."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Fine-tuning batch size per process."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Cap on fine-tuning examples."})
+    max_train_samples: int = field(
+        default=1000,
+        metadata={
+            "help": "Train-split records read for --do_train (default 1000: a Hub train split is streamed, and "
+            "TriviaQA rc's holds ~138k questions with their documents, so it is never read whole)."
+        },
+    )
     push_to_hub: bool = field(
         default=False, metadata={"help": "Push the pruned checkpoints (+ masks, card with tolerance) to the Hub."}
     )
@@ -227,6 +233,7 @@ def check_arguments(model_args, data_args, prompt_args, sweep_args, train_args) 
         ("batch_size", prompt_args.batch_size, 1),
         ("max_new_tokens", prompt_args.max_new_tokens, 1),
         ("few_shot", prompt_args.few_shot, 0),
+        ("max_train_samples", train_args.max_train_samples, 1),
     ):
         if value < low:
             raise ValueError(f"--{name}={value}: must be >= {low}")
@@ -307,14 +314,14 @@ def load_records(
 
         dataset = datasets.load_dataset(name, data_args.dataset_config_name, split=split, streaming=True)
         records, skipped = [], 0
-        for row in dataset:
-            if limit is not None and len(records) >= limit:
-                break
+        for row in dataset if limit is None or limit > 0 else ():
             record = _map_row(row, data_args)
             if require_evidence and "question" in record and not str(record.get("evidence") or "").strip():
                 skipped += 1
                 continue
             records.append(record)
+            if limit is not None and len(records) >= limit:
+                break  # before reading another (large) row
         if skipped:
             logger.info("%s[%s]: skipped %d rows without an evidence passage", name, split, skipped)
         return records
@@ -560,7 +567,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     calibration_records = -(-data_args.num_calibration_samples * data_args.calibration_max_length // 100)
     train_limit = max(512, prompt_args.few_shot, calibration_records)
     if train_args.do_train:
-        train_limit = train_args.max_train_samples
+        train_limit = max(train_args.max_train_samples, prompt_args.few_shot)  # bounded: never the whole split
     train_records = []
     if needs_train:
         train_records = load_records(data_args, data_args.train_split, train_limit)

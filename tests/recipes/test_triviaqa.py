@@ -426,3 +426,25 @@ def test_split_errors_name_the_split_and_the_file(tiny_qa_model, qa_file, tmp_pa
         with pytest.raises(ValueError, match=message):
             triviaqa.main()
     assert not out.exists()
+
+
+def test_do_train_reads_a_bounded_part_of_a_streamed_train_split(tiny_qa_model, tmp_path, monkeypatch):
+    import itertools
+
+    import datasets
+
+    read = {"train": 0}
+
+    def stream(split):
+        for index in itertools.count():  # a split far larger than anything a run should read
+            assert index < 5000, f"streamed {index} rows of the {split} split"
+            read[split] = index + 1
+            yield {**_hub_rows(split, 2)[1], "question_id": f"{split}{index}", "question": f"Question {index}?"}
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None, split=None, streaming=False: stream(split))
+    monkeypatch.setattr(triviaqa, "make_trainer_hook", lambda *args: lambda model, masks, cell: None)
+    argv = _fast(tiny_qa_model, tmp_path / "out", "--dataset_name", "mandarjoshi/trivia_qa", "--methods", "magnitude")
+    with patch.object(sys, "argv", [*argv, "--settings", "closed_book", "--num_questions", "2", "--do_train"]):
+        triviaqa.main()
+    assert read["train"] == triviaqa.TrainHubArguments().max_train_samples == 1000
+    assert "default 1000" in triviaqa.TrainHubArguments.__dataclass_fields__["max_train_samples"].metadata["help"]
