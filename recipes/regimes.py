@@ -31,8 +31,14 @@ class RegimeArguments:
     sparsity: float = field(
         default=0.5, metadata={"help": "Pruned fraction (sparse, sparse_to_dense) and frozen fraction (freeze)."}
     )
-    num_train: int = field(default=480, metadata={"help": "Training sentences."})
-    num_eval: int = field(default=256, metadata={"help": "Held-out sentences for the accuracy."})
+    num_train: int = field(
+        default=480,
+        metadata={
+            "help": "Training sentences, half per label (the packaged 12,808 sentences have 5,405 negative ones, so "
+            "num_train + num_eval <= 10,810)."
+        },
+    )
+    num_eval: int = field(default=256, metadata={"help": "Held-out sentences for the accuracy (>= 1)."})
     max_length: int = field(default=48, metadata={"help": "Tokens per sentence."})
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs per regime."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate."})

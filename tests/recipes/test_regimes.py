@@ -41,3 +41,24 @@ def test_small_run_prints_all_four_regimes(tmp_path, capsys):
 def test_unknown_regime_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="regimes: \\['sprase'\\]"):
         load_recipe().main(["--regimes", "sprase", "--output_dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num_train", "20000"], r"num_train=20000 \+ num_eval=256: .* hold 12808 rows"),
+        (["--num_train", "10000", "--num_eval", "1000"], r"num_train=10000 \+ num_eval=1000: .* hold 12808 rows"),
+        (["--num_eval", "0"], r"num_eval=0: must be >= 1"),
+        (["--num_train", "0"], r"num_train=0: must be >= 1"),
+    ],
+)
+def test_split_sizes_that_do_not_fit_are_clear_errors(tmp_path, monkeypatch, argv, message):
+    from hf_junkdna.training import compare
+
+    def no_training(*args, **kwargs):
+        raise RuntimeError("training started with split sizes that should have been refused")
+
+    monkeypatch.setattr(compare, "SparseTrainer", no_training)
+    with pytest.raises(ValueError, match=message):
+        load_recipe().main([*argv, "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

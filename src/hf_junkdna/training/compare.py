@@ -32,6 +32,26 @@ class _Encoded(torch.utils.data.Dataset):
         return item
 
 
+def check_split_sizes(num_train: int, num_eval: int, per_label: dict[int, int]) -> None:
+    """Raise a ValueError naming the argument unless balanced, disjoint splits of ``num_train`` and ``num_eval``
+    rows fit in the rows available per label (``{label: count}``)."""
+    for name, value in (("num_train", num_train), ("num_eval", num_eval)):
+        if value < 1:
+            raise ValueError(f"{name}={value}: must be >= 1")
+    total = sum(per_label.values())
+    counts = ", ".join(f"{count} of label {label}" for label, count in sorted(per_label.items()))
+    for label, half_train, half_eval in (
+        (0, num_train // 2, num_eval // 2),
+        (1, num_train - num_train // 2, num_eval - num_eval // 2),
+    ):
+        if half_train + half_eval > per_label.get(label, 0):
+            raise ValueError(
+                f"num_train={num_train} + num_eval={num_eval}: the packaged Rotten Tomatoes sentences hold {total} "
+                f"rows ({counts}), and the balanced, disjoint splits need {half_train} + {half_eval} of label "
+                f"{label}; at most {2 * min(per_label.values())} rows in all (num_train + num_eval)"
+            )
+
+
 def sentiment_splits(tokenizer, num_train: int, num_eval: int, max_length: int, seed: int = 0):
     """Balanced, disjoint train / held-out splits of the packaged Rotten Tomatoes sentences."""
     from ..offline import rotten_tomatoes
@@ -39,6 +59,7 @@ def sentiment_splits(tokenizer, num_train: int, num_eval: int, max_length: int, 
     rows = [row for row in rotten_tomatoes() if row["label"] in (0, 1)]
     random.Random(seed).shuffle(rows)
     by_label = {label: [row for row in rows if row["label"] == label] for label in (0, 1)}
+    check_split_sizes(num_train, num_eval, {label: len(members) for label, members in by_label.items()})
     train = by_label[0][: num_train // 2] + by_label[1][: num_train - num_train // 2]
     held_out = (
         by_label[0][num_train // 2 :][: num_eval // 2]
