@@ -32,6 +32,7 @@ def _args(tmp_path, **fields):
         ({"regime": "sparse", "regrowth_schedule": "cosine"}, "regrowth_schedule only applies"),
         ({"regime": "freeze", "sparsity": 0.5}, "sparsity=0.5"),
         ({"regime": "freeze", "sparsity_method": "wanda"}, "sparsity_method='wanda'"),
+        ({"regime": "freeze", "sparsity_pattern": "1:4", "freeze_fraction": 0.3}, "freeze_fraction=0.3 contradicts"),
         ({"regime": "sparse", "sparsity": 1.0}, "sparsity=1.0"),
         ({"regime": "sparse", "sparsity_pattern": "4:2"}, "sparsity_pattern='4:2'"),
         ({"regime": "sparse", "sparsity": 0.3, "sparsity_pattern": "2:4"}, "contradicts sparsity_pattern='2:4'"),
@@ -54,6 +55,14 @@ def test_valid_arguments_build_the_sparsity_config(tmp_path):
     assert args.sparsity_config().sparsity == 0.3
     freeze = _args(tmp_path, regime="freeze", freeze_fraction=0.25)
     assert freeze.sparsity_config() == SparsityConfig(method="magnitude", sparsity=0.25)
+    for pattern, frozen in (("1:4", 0.75), ("3:8", 0.625), ("2:4", 0.5)):  # N:M fixes the frozen fraction
+        nm_freeze = _args(tmp_path, regime="freeze", sparsity_pattern=pattern)
+        assert nm_freeze.sparsity_config() == SparsityConfig(method="magnitude", pattern=pattern)
+        assert nm_freeze.sparsity_config().sparsity == frozen
+    assert (
+        _args(tmp_path, regime="freeze", sparsity_pattern="1:4", freeze_fraction=0.75).sparsity_config().sparsity
+        == 0.75
+    )
     assert _args(tmp_path).sparsity_config() is None  # dense
     regrowth = _args(tmp_path, regime="sparse_to_dense", regrowth_schedule="cosine", regrowth_end_fraction=0.8)
     assert regrowth.regrowth_kwargs() == {"schedule": "cosine", "end_fraction": 0.8, "stages": 4, "seed": 42}

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from ..config import SparsityConfig, SparsityConfigError
+from ..config import SparsityConfig, SparsityConfigError, parse_n_m
 from .schedule import SCHEDULES
 
 REGIMES = ("dense", "sparse", "freeze", "sparse_to_dense")
@@ -193,7 +193,18 @@ class SparseTrainingArguments(TrainingArguments):
         }
         if self.regime == "freeze":
             values["method"] = "magnitude"
-            values["sparsity"] = 0.5 if self.freeze_fraction is None else float(self.freeze_fraction)
+            try:
+                n_m = parse_n_m(values.get("pattern", "unstructured"))
+            except SparsityConfigError as error:
+                raise SparsityConfigError(_rename_fields(str(error))) from error
+            if n_m is None:
+                values["sparsity"] = 0.5 if self.freeze_fraction is None else float(self.freeze_fraction)
+            elif self.freeze_fraction is not None and float(self.freeze_fraction) != 1 - n_m[0] / n_m[1]:
+                raise SparsityConfigError(
+                    f"freeze_fraction={self.freeze_fraction!r} contradicts sparsity_pattern={self.sparsity_pattern!r}, "
+                    f"which freezes 1 - N/M = {1 - n_m[0] / n_m[1]:g} of the weights; leave freeze_fraction unset"
+                )
+            # an N:M pattern fixes the frozen fraction itself (N of every M weights train)
         try:
             return SparsityConfig(**values)
         except SparsityConfigError as error:
