@@ -124,3 +124,28 @@ def test_stock_trainer_with_freeze_callback(tmp_path):
     trainer.train()
     moved, stuck = _frozen_report(model, masks, pretrained)
     assert moved == [] and stuck == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_trainable_weights_of_frozen_tensors_get_exactly_adamws_decay(tmp_path, dtype):
+    """One step from the same weights: every trainable position must equal the dense AdamW run's, bit for bit.
+    In bf16 the taken-over decay 1 - lr*wd (0.997 here) must not be rounded to bf16 (0.99609375) first. The
+    first Adam step moves every weight by lr, so lr is kept small against the weights (and wd large) for the
+    decay's rounding to show in bf16 at all."""
+    from transformers import Trainer
+
+    settings = dict(max_steps=1, learning_rate=1e-4, weight_decay=30.0, max_grad_norm=0.0, optim="adamw_torch")
+    dense_model = tiny_bert().to(dtype)
+    Trainer(
+        dense_model, training_args(tmp_path / "dense", sparse=False, **settings), train_dataset=TokenData()
+    ).train()
+    model = tiny_bert().to(dtype)
+    pretrained = snapshot(model)
+    args = training_args(tmp_path / "freeze", regime="freeze", freeze_fraction=0.5, **settings)
+    trainer = SparseTrainer(model, args, train_dataset=TokenData())
+    trainer.train()
+    dense, frozen = dict(dense_model.named_parameters()), dict(model.named_parameters())
+    for name in trainer.masks.names():
+        keep = trainer.masks.get(name)
+        assert torch.equal(frozen[name].detach()[keep], dense[name].detach()[keep]), name
+        assert torch.equal(frozen[name].detach()[~keep], pretrained[name][~keep]), name

@@ -55,6 +55,12 @@ class Workspace:
         return sum(f.numel() * f.element_size() + i.numel() * 4 for f, i in self._buffers.values())
 
 
+def _exact(value: float, dtype: torch.dtype) -> bool:
+    if value in (0.0, 1.0) or not dtype.is_floating_point:  # the masking path, every step: no tensor made
+        return True
+    return float(torch.tensor(value, dtype=dtype)) == float(value)
+
+
 def scale_by_bits_(
     tensor: torch.Tensor, bits: torch.Tensor, on: float = 1.0, off: float = 0.0, workspace: Workspace | None = None
 ) -> torch.Tensor:
@@ -64,17 +70,20 @@ def scale_by_bits_(
     NaN (0 * inf), which is what multiplying by a mask does too. With a ``workspace`` the expansion reuses
     its buffers chunk by chunk instead of allocating one the size of the tensor.
     """
+    # Factors not exact in a half-precision tensor's dtype (a decay 1 - lr*wd) stay fp32, so the product is
+    # rounded once, as ``p.mul_(python_float)`` in the optimizer rounds it; 0 and 1 are exact in every dtype.
+    factor_dtype = tensor.dtype if _exact(on, tensor.dtype) and _exact(off, tensor.dtype) else torch.float32
     if not tensor.is_contiguous():  # rare (weights and grads are contiguous): unpack, apply, discard
-        factors = torch.where(unpack_bool(bits, tensor.shape), on, off).to(tensor.dtype)
+        factors = torch.where(unpack_bool(bits, tensor.shape), on, off).to(factor_dtype)
         return tensor.mul_(factors)
-    table = bit_table(on, off, tensor.dtype, tensor.device)
+    table = bit_table(on, off, factor_dtype, tensor.device)
     flat = tensor.view(-1)
     whole = flat.numel() // 8
     if workspace is None:
         if whole:
             flat[: whole * 8].view(whole, 8).mul_(table.index_select(0, bits[:whole].int()))
     else:
-        factors, index = workspace.get(tensor.dtype, tensor.device)
+        factors, index = workspace.get(factor_dtype, tensor.device)
         for start in range(0, whole, workspace.chunk_bytes):
             stop = min(whole, start + workspace.chunk_bytes)
             count = stop - start
