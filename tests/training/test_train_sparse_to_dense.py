@@ -132,3 +132,29 @@ def test_custom_loop_with_a_weight_size_8_does_not_divide():
     assert binding.count()[2] == 13
     assert int(binding.entries[0].bits[-1]) >> 5 == 0  # padding bits of the last byte clear
     callback.unbind()
+
+
+def test_schedule_follows_the_trainers_step_count_over_skipped_steps():
+    """An optimizer step skipped by fp16 loss scaling runs no post-step hook, but the Trainer's global_step
+    advances: the release level must then be the one a run resumed at that step would have."""
+    from types import SimpleNamespace
+
+    from hf_junkdna import MaskSet
+
+    def run(bound_at: int, skipped: int):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(64, 8, bias=False)
+        keep = torch.rand(8, 64) > 0.5
+        with torch.no_grad():
+            model.weight.mul_(keep)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        callback = SparseToDenseRegimeCallback(MaskSet({"weight": keep}), end_fraction=1.0)
+        binding = callback.bind(model, optimizer, step=bound_at, max_steps=8)
+        state = SimpleNamespace(global_step=bound_at + skipped)  # steps the Trainer counted, hooks never ran
+        callback.on_step_begin(None, state, None)
+        model(torch.randn(4, 64)).pow(2).sum().backward()
+        optimizer.step()
+        return int(binding.count()[2]), callback.statistics()["released_fraction"]
+
+    assert run(bound_at=0, skipped=5) == run(bound_at=5, skipped=0)  # both end after step 6 of 8
+    assert run(bound_at=0, skipped=5) != run(bound_at=0, skipped=0)

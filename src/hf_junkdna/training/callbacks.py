@@ -276,6 +276,13 @@ class SparseToDenseRegimeCallback(MaskRegimeCallback):
     def released_fraction(self, step: int) -> float:
         return regrowth.released_fraction(step, self._max_steps, self.schedule, self.end_fraction, self.stages)
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        super().on_step_begin(args, state, control, **kwargs)
+        if self.binding is not None:
+            # The schedule follows the Trainer's step count, which also advances over steps the optimizer skipped
+            # (fp16 overflow: no post-step hook ran), as a resumed run (bound at state.global_step) does.
+            self._step = state.global_step
+
     def _prepare(self, binding, step, max_steps):
         if max_steps <= 0:
             raise ValueError("sparse_to_dense needs the number of training steps (max_steps) for its schedule")
