@@ -165,7 +165,8 @@ def test_validate_qa_records_names_what_is_missing():
 
 
 def test_validate_qa_records_on_a_datasets_dataset():
-    datasets = pytest.importorskip("datasets")
+    import datasets  # a hard dependency: never skipped
+
     rows = datasets.Dataset.from_list([{"query": "What is two plus two?", "label": "four"}])
     with pytest.raises(ValueError, match=r"missing column\(s\) \['question', 'answer'\]; it has \['label', 'query'\]"):
         qa.validate_qa_records(rows)
