@@ -132,6 +132,16 @@ def test_mask_file_from_the_same_model_is_used(tmp_path):
     assert trainer.masks == masks
     parameters = dict(model.named_parameters())
     assert all(bool((parameters[name][~masks.get(name)] == 0).all()) for name in masks.names())
+    # a folder holding the mask file (save_pruned output, a checkpoint) names it too
+    folder = tmp_path / "pruned"
+    folder.mkdir()
+    masks.save(folder / "sparsity_masks.safetensors")
+    args = training_args(tmp_path, regime="sparse", mask_path=str(folder))
+    assert args.mask_path == str(folder / "sparsity_masks.safetensors")
+    assert SparseTrainer(tiny_bert(), args, train_dataset=TokenData()).masks == masks
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"mask_path=.* is a folder without sparsity_masks.safetensors"):
+        training_args(tmp_path, regime="sparse", mask_path=str(tmp_path / "empty"))
 
 
 @pytest.mark.parametrize(

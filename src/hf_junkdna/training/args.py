@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..config import SparsityConfig, SparsityConfigError, parse_n_m
+from ..masks import MASKS_FILE_NAME
 from .schedule import SCHEDULES
 
 REGIMES = ("dense", "sparse", "freeze", "sparse_to_dense")
@@ -83,7 +84,10 @@ class SparseTrainingArguments(TrainingArguments):
     )
     mask_path: str | None = field(
         default=None,
-        metadata={"help": "A saved MaskSet file (.safetensors) to use instead of pruning; it must fit the model."},
+        metadata={
+            "help": "A saved MaskSet file (.safetensors), or a folder holding one (save_pruned output, a checkpoint), "
+            "to use instead of pruning; it must fit the model."
+        },
     )
     # --- freeze
     freeze_fraction: float | None = field(
@@ -173,6 +177,14 @@ class SparseTrainingArguments(TrainingArguments):
                 raise ValueError(
                     f"mask_path={self.mask_path!r} fixes the masks, so {pruning_given[0]} cannot also be given"
                 )
+            if os.path.isdir(self.mask_path):  # a save_pruned folder or a checkpoint: the mask file inside it
+                inside = os.path.join(self.mask_path, MASKS_FILE_NAME)
+                if not os.path.isfile(inside):
+                    raise ValueError(
+                        f"mask_path={self.mask_path!r} is a folder without {MASKS_FILE_NAME} (folders written by "
+                        "save_pruned and SparseTrainer checkpoints hold one)"
+                    )
+                self.mask_path = inside
             if not os.path.isfile(self.mask_path):
                 raise ValueError(f"mask_path={self.mask_path!r}: no such file")
         else:
