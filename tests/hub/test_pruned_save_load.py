@@ -174,6 +174,12 @@ def test_mask_that_does_not_match_the_weights(tmp_path):
         load_pruned(folder)
 
 
+def test_a_bare_name_offline_is_checkpoint_not_found(tmp_path):
+    """Neither a local folder nor a reachable/cached Hub repo: the library's error, not the client's."""
+    with pytest.raises(CheckpointNotFoundError, match="no such local folder.*neither cached nor reachable"):
+        load_pruned("no-such-model-folder", local_files_only=True, cache_dir=tmp_path / "cache")
+
+
 def test_missing_truncated_and_foreign_files(tmp_path):
     model, masks = pruned_llama()
     folder = save_pruned(model, tmp_path / "out", masks)

@@ -69,7 +69,7 @@ def resolve_folder(
         return folder, repr(name)
 
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import RepositoryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
     from huggingface_hub.errors import RevisionNotFoundError as HubRevisionNotFoundError
 
     patterns = list(allow_patterns or ALLOW_PATTERNS) + (["*.py"] if trust_remote_code else [])
@@ -91,6 +91,11 @@ def resolve_folder(
     except RepositoryNotFoundError as error:
         raise CheckpointNotFoundError(
             f"{name!r}: no such model repo on the Hub, or it is private/gated and the token cannot read it"
+        ) from error
+    except LocalEntryNotFoundError as error:  # offline (HF_HUB_OFFLINE, local_files_only, no network), not cached
+        raise CheckpointNotFoundError(
+            f"{name!r}: no such local folder, and the Hub repo of that name is neither cached nor reachable (offline "
+            "or local_files_only); give a folder path (e.g. './name') or connect"
         ) from error
     return Path(folder), where
 
