@@ -33,3 +33,10 @@ def test_undefined_tolerance_is_none_not_zero():
     assert sparsity_tolerance([(0.1, math.nan), (0.2, 1.0)]) is None
     # a NaN after the first failing point does not matter
     assert sparsity_tolerance([(0.1, 0.5), (0.2, math.nan)]) == 0.0
+
+
+def test_a_ratio_equal_to_the_threshold_up_to_rounding_passes():
+    ratio = normalized_score(0.6435, 0.65)
+    assert ratio < 0.99  # 0.98999...: float division, though the scores' ratio is 0.99 exactly
+    assert sparsity_tolerance([(0.0, 1.0), (0.5, ratio)], 0.99) == 0.5
+    assert sparsity_tolerance([(0.0, 1.0), (0.5, 0.98999)], 0.99) == 0.0  # a real shortfall still fails

@@ -6,6 +6,8 @@ import math
 from collections.abc import Iterable
 
 DEFAULT_THRESHOLD = 0.99
+# A ratio that is the threshold up to float rounding (0.6435 / 0.65 = 0.98999...) passes: tables print 0.99
+_ROUNDING = 1e-9
 
 
 def normalized_score(score: float, dense_score: float) -> float:
@@ -40,7 +42,7 @@ def sparsity_tolerance(points: Iterable[tuple[float, float]], threshold: float =
         pruned = True
         if score is None or math.isnan(score):
             return None
-        if not score >= threshold:
+        if not score >= threshold - _ROUNDING:
             break
         tolerance = sparsity
     return tolerance if pruned else None
