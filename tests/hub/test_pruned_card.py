@@ -96,6 +96,33 @@ def test_card_with_results(tmp_path):
     assert "| 25% data | 0.25 | accuracy | 70.0 % |" in (lenient / "README.md").read_text()
 
 
+def test_points_of_other_data_or_difficulty_are_normalised_by_their_own_dense_baseline():
+    points = normalize_results(
+        [
+            {"sparsity": 0.0, "score": 0.90, "metric": "accuracy", "dataset": "sst2"},
+            {"sparsity": 0.5, "score": 0.89, "metric": "accuracy", "dataset": "sst2"},
+            {"sparsity": 0.0, "score": 0.50, "metric": "accuracy", "dataset": "rte"},
+            {"sparsity": 0.5, "score": 0.49, "metric": "accuracy", "dataset": "rte"},
+            {"sparsity": 0.0, "score": 0.80, "metric": "f1", "difficulty": 0.25},
+            {"sparsity": 0.5, "score": 0.40, "metric": "f1", "difficulty": 0.25},
+            {"sparsity": 0.0, "score": 0.40, "metric": "f1", "difficulty": 1.0},
+            {"sparsity": 0.5, "score": 0.40, "metric": "f1", "difficulty": 1.0},
+            {"sparsity": 0.0, "score": 0.60, "metric": "em", "setting": "open"},  # one dense run for every level
+            {"sparsity": 0.5, "score": 0.60, "metric": "em", "setting": "open", "difficulty": 0.5},
+        ]
+    )
+    normalised = {(p.dataset, p.difficulty, p.metric): p.normalized_score for p in points if not p.is_dense}
+    assert normalised[("sst2", None, "accuracy")] == pytest.approx(0.89 / 0.90)
+    assert normalised[("rte", None, "accuracy")] == pytest.approx(0.49 / 0.50)
+    assert normalised[(None, 0.25, "f1")] == pytest.approx(0.5) and normalised[(None, 1.0, "f1")] == 1.0
+    assert normalised[(None, 0.5, "em")] == 1.0
+    tolerance = {(c.dataset, c.difficulty, c.metric): c.tolerance for c in curves(points, threshold=0.95)}
+    assert tolerance == {
+        ("sst2", None, "accuracy"): 0.5, ("rte", None, "accuracy"): 0.5,
+        (None, 0.25, "f1"): 0.0, (None, 1.0, "f1"): 0.5, (None, 0.5, "em"): 0.5,
+    }  # fmt: skip
+
+
 def test_results_are_checked_and_normalised():
     points = normalize_results(RESULTS)
     by_key = {(p.setting, p.sparsity): p for p in points}

@@ -53,8 +53,12 @@ class ResultPoint:
     def is_dense(self) -> bool:
         return self.regime == "dense" or self.sparsity == 0
 
+    def baseline_key(self) -> tuple:
+        """What a dense baseline must share with a point to normalise it: the same task difficulty and data."""
+        return (self.setting, self.difficulty, self.dataset, self.metric)
+
     def curve_key(self) -> tuple:
-        return (self.setting, self.metric, self.method, self.pattern, None if self.is_dense else self.regime)
+        return (*self.baseline_key(), self.method, self.pattern, None if self.is_dense else self.regime)
 
     def to_dict(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if value is not None}
@@ -100,21 +104,36 @@ def _point(index: int, raw: Mapping[str, Any]) -> ResultPoint:
     return ResultPoint(**values)
 
 
-def normalize_results(results: Iterable[Mapping[str, Any]] | None) -> list[ResultPoint]:
-    """Check every point and fill in missing normalised scores (score / dense score of the same setting+metric).
+def _baseline(dense: Mapping[tuple, ResultPoint], key: tuple) -> ResultPoint | None:
+    """The dense point for ``key`` (setting, difficulty, dataset, metric): the exact one, else one that leaves
+    difficulty and/or dataset unsaid (a single dense run serving every curve of its setting and metric)."""
+    setting, difficulty, dataset, metric = key
+    for candidate in (key, (setting, None, dataset, metric), (setting, difficulty, None, metric)):
+        if candidate in dense:
+            return dense[candidate]
+    return dense.get((setting, None, None, metric))
 
-    Points are returned sorted by setting, metric, sparsity; a point whose dense baseline is missing keeps
-    ``normalized_score=None``.
+
+def normalize_results(results: Iterable[Mapping[str, Any]] | None) -> list[ResultPoint]:
+    """Check every point and fill in missing normalised scores (score / the dense score of the same setting,
+    difficulty, dataset and metric).
+
+    Points are returned sorted by setting, difficulty, dataset, metric, sparsity; a point whose dense baseline
+    is missing keeps ``normalized_score=None``.
     """
     points = [_point(index, raw) for index, raw in enumerate(results or [])]
-    dense = {(p.setting, p.metric): p.score for p in points if p.is_dense}
+    dense = {p.baseline_key(): p for p in points if p.is_dense}
     filled = []
     for p in points:
-        if p.normalized_score is None and (p.setting, p.metric) in dense:
-            value = 1.0 if p.is_dense else normalized_score(p.score, dense[(p.setting, p.metric)])
+        baseline = _baseline(dense, p.baseline_key())
+        if p.normalized_score is None and baseline is not None:
+            value = 1.0 if p.is_dense else normalized_score(p.score, baseline.score)
             p = ResultPoint(**{**p.to_dict(), "normalized_score": value})
         filled.append(p)
-    return sorted(filled, key=lambda p: (str(p.setting), p.metric, p.sparsity, not p.is_dense))
+    return sorted(
+        filled,
+        key=lambda p: (str(p.setting), str(p.difficulty), str(p.dataset), p.metric, p.sparsity, not p.is_dense),
+    )
 
 
 @dataclass(frozen=True)
@@ -129,10 +148,11 @@ class Curve:
     difficulty: float | str | None
     points: tuple[ResultPoint, ...]
     tolerance: float | None  # None: no normalised scores to judge by
+    dataset: str | None = None
 
     @property
     def label(self) -> str:
-        parts = [self.setting or "all", self.metric]
+        parts = [self.setting or "all", *([self.dataset] if self.dataset else []), self.metric]
         parts += [part for part in (self.method, self.pattern, self.regime) if part]
         return " · ".join(parts)
 
@@ -140,17 +160,20 @@ class Curve:
 def curves(points: list[ResultPoint], threshold: float = DEFAULT_THRESHOLD) -> list[Curve]:
     """Group sparse points into curves (the dense baseline joins each curve of its setting and metric)."""
     groups: dict[tuple, list[ResultPoint]] = {}
+    dense = {}
     for p in points:
-        if not p.is_dense:
+        if p.is_dense:
+            dense.setdefault(p.baseline_key(), p)
+        else:
             groups.setdefault(p.curve_key(), []).append(p)
     result = []
-    for (setting, metric, method, pattern, regime), members in groups.items():
-        baseline = [p for p in points if p.is_dense and p.setting == setting and p.metric == metric]
-        curve_points = tuple(sorted(baseline[:1] + members, key=lambda p: p.sparsity))
+    for key, members in groups.items():
+        setting, difficulty, dataset, metric, method, pattern, regime = key
+        baseline = _baseline(dense, key[:4])
+        curve_points = tuple(sorted(([baseline] if baseline else []) + members, key=lambda p: p.sparsity))
         scored = [(p.sparsity, p.normalized_score) for p in curve_points if p.normalized_score is not None]
         tolerance = sparsity_tolerance(scored, threshold) if any(s > 0 for s, _ in scored) else None
-        difficulty = next((p.difficulty for p in curve_points if p.difficulty is not None), None)
-        result.append(Curve(setting, metric, method, pattern, regime, difficulty, curve_points, tolerance))
+        result.append(Curve(setting, metric, method, pattern, regime, difficulty, curve_points, tolerance, dataset))
     return result
 
 
