@@ -123,6 +123,26 @@ def test_points_of_other_data_or_difficulty_are_normalised_by_their_own_dense_ba
     }  # fmt: skip
 
 
+def test_tables_name_each_curve_and_survive_pipes_and_newlines(tmp_path):
+    model = tiny_llama()
+    masks = prune(model, SparsityConfig(sparsity=0.5))
+    results = [
+        {"sparsity": 0.0, "score": 0.9, "metric": "accuracy", "setting": "25% | data"},
+        {"sparsity": 0.5, "score": 0.8, "metric": "accuracy", "setting": "25% | data", "method": "magnitude"},
+        {"sparsity": 0.5, "score": 0.7, "metric": "accuracy", "setting": "25% | data", "method": "wanda",
+         "pattern": "2:4"},
+        {"sparsity": 0.0, "score": 0.6, "metric": "exact\nmatch"},
+    ]  # fmt: skip
+    text = ModelCard.load(save_pruned(model, tmp_path / "card", masks, results=results) / "README.md").text
+    assert "| 25% \\| data | 50.0 % | sparse | magnitude | accuracy | 0.8 | 0.8889 |" in text
+    assert "| 25% \\| data | 50.0 % | sparse | wanda · 2:4 | accuracy | 0.7 | 0.7778 |" in text
+    assert "| — | 0.0 % | dense | — | exact match | 0.6 | 1 |" in text
+    lines = text.splitlines()
+    header = lines.index("| setting | sparsity | regime | curve | metric | score | normalised |")
+    rows = lines[header + 2 : header + 6]
+    assert all(row.replace("\\|", "").count("|") == 8 for row in rows), rows  # 7 cells each
+
+
 def test_results_are_checked_and_normalised():
     points = normalize_results(RESULTS)
     by_key = {(p.setting, p.sparsity): p for p in points}

@@ -57,7 +57,20 @@ def _fmt(value: Any) -> str:
         return "—"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return _cell(value)
+
+
+def _cell(value: Any) -> str:
+    """Text for a Markdown table cell: a '|' or a line break in a user's label must not split the row."""
+    return " ".join(str(value).replace("|", "\\|").split())
+
+
+def _curve_name(method: str | None, pattern: str | None, regime: str | None) -> str:
+    return _cell(" · ".join(part for part in (method, pattern, regime) if part) or "—")
+
+
+def _setting(setting: str | None, dataset: str | None) -> str:
+    return _cell(" · ".join(part for part in (setting, dataset) if part) or "—")
 
 
 @dataclass
@@ -148,20 +161,21 @@ def _template_kwargs(inputs: CardInputs) -> dict[str, Any]:
     ]
     tolerances = [
         {
-            "setting": curve.setting or "—",
+            "setting": _setting(curve.setting, curve.dataset),
             "difficulty": _fmt(curve.difficulty),
-            "metric": curve.metric,
-            "curve": " · ".join(part for part in (curve.method, curve.pattern, curve.regime) if part) or "—",
+            "metric": _cell(curve.metric),
+            "curve": _curve_name(curve.method, curve.pattern, curve.regime),
             "tolerance": "n/a (no normalised scores)" if curve.tolerance is None else _pct(curve.tolerance, 1),
         }
         for curve in inputs.curves
     ]
     scores = [
         {
-            "setting": p.setting or "—",
+            "setting": _setting(p.setting, p.dataset),
             "sparsity": _pct(p.sparsity, 1),
-            "regime": "dense" if p.is_dense else (p.regime or inputs.regime),
-            "metric": p.metric,
+            "regime": "dense" if p.is_dense else _cell(p.regime or inputs.regime),
+            "curve": "—" if p.is_dense else _curve_name(p.method, p.pattern, p.regime),
+            "metric": _cell(p.metric),
             "score": _fmt(p.score),
             "normalized": _fmt(p.normalized_score),
         }
