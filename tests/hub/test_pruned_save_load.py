@@ -180,6 +180,25 @@ def test_a_bare_name_offline_is_checkpoint_not_found(tmp_path):
         load_pruned("no-such-model-folder", local_files_only=True, cache_dir=tmp_path / "cache")
 
 
+def test_device_map_offloading_is_verified_from_the_files(tmp_path):
+    """Weights that device_map offloads are meta tensors in the model: their zeros are checked in the files."""
+    from safetensors.torch import load_file, save_file
+
+    model, masks = pruned_llama()
+    folder = save_pruned(model, tmp_path / "out", masks)
+    offload = dict(device_map="auto", max_memory={"cpu": "40KB"}, offload_folder=str(tmp_path / "offload"))
+    loaded, loaded_masks = load_pruned(folder, **offload)
+    offloaded = [n for n, p in loaded.named_parameters() if p.device.type == "meta" and n in masks.masks]
+    assert offloaded and loaded_masks == masks  # some pruned weights really were offloaded
+
+    weights = load_file(folder / "model.safetensors")
+    name = offloaded[-1]
+    weights[name][~masks.get(name)] = 0.5  # a pruned weight that is not zero, in an offloaded tensor
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(MaskMismatchError, match=rf"weights of '{name}' that the mask marks as pruned are non-zero"):
+        load_pruned(folder, **{**offload, "offload_folder": str(tmp_path / "offload2")})
+
+
 def test_missing_truncated_and_foreign_files(tmp_path):
     model, masks = pruned_llama()
     folder = save_pruned(model, tmp_path / "out", masks)

@@ -31,7 +31,7 @@ from .layout import (
     check_regime,
     read_json,
 )
-from .save import zero_counts
+from .save import nonzero
 
 logger = logging.getLogger(__name__)
 
@@ -182,12 +182,33 @@ def _model_class(config: dict, model_class: Any, trust_remote_code: bool) -> Any
     return transformers.AutoModelForCausalLM
 
 
-def _check_zeros(model: torch.nn.Module, masks: MaskSet, where: str) -> None:
-    for name, (_, pruned_nonzeros) in zero_counts(model, masks).items():
-        if pruned_nonzeros:
+@torch.no_grad()
+def _check_zeros(model: torch.nn.Module, masks: MaskSet, where: str, files_folder: Path) -> None:
+    """Sparse regime: no weight the mask marks as pruned is non-zero. Weights that ``device_map`` offloaded (meta
+    tensors in the model) are read one at a time from the safetensors files in ``files_folder`` instead."""
+    parameters = dict(model.named_parameters())
+    offloaded = {name for name in masks.names() if parameters[name].device.type == "meta"}
+
+    def pruned_nonzeros(name: str, weight: torch.Tensor) -> int:
+        return int(nonzero(weight).logical_and_(~masks.get(name, device=weight.device)).sum())
+
+    counts = {
+        name: pruned_nonzeros(name, parameters[name].detach()) for name in masks.names() if name not in offloaded
+    }
+    for path in weight_files(files_folder) if offloaded else []:
+        with safe_open(str(path), framework="pt") as weights:
+            for name in offloaded & set(weights.keys()):
+                counts[name] = pruned_nonzeros(name, weights.get_tensor(name))
+    unread = offloaded - set(counts)
+    if unread:  # saved under another key than the parameter's name: nothing to compare against
+        logger.warning(
+            "%s: could not verify the zeros of %d offloaded weight(s), e.g. %r", where, len(unread), min(unread)
+        )
+    for name, count in counts.items():
+        if count:
             raise MaskMismatchError(
                 f"{where}: {MASKS_NAME} does not match the weights: the checkpoint says regime 'sparse', but "
-                f"{pruned_nonzeros} weights of {name!r} that the mask marks as pruned are non-zero"
+                f"{count} weights of {name!r} that the mask marks as pruned are non-zero"
             )
 
 
@@ -244,8 +265,16 @@ def load_pruned(
                     shutil.copyfile(extra, Path(dense_folder) / extra.name)
             decompress_folder(folder, dense_folder)
             model, info = cls.from_pretrained(dense_folder, **kwargs)
+            _verify_loaded(model, info, masks, regime, where, Path(dense_folder))
     else:
         model, info = cls.from_pretrained(folder, **kwargs)
+        _verify_loaded(model, info, masks, regime, where, folder)
+    logger.info("loaded pruned checkpoint %s (regime %s, sparsity %.4f)", where, regime, masks.sparsity())
+    return model, masks
+
+
+def _verify_loaded(model, info: dict, masks: MaskSet, regime: str, where: str, files_folder: Path) -> None:
+    """Every pruned weight came from the files and fits the mask (raises otherwise, so the model is not returned)."""
     try:
         missing = sorted(set(masks.names()) & set(info.get("missing_keys") or ()))
         if missing:
@@ -255,14 +284,8 @@ def load_pruned(
             )
         masks.check_compatible(model)
         if regime in ZERO_REGIMES:
-            _check_zeros(model, masks, where)
-    except CorruptCheckpointError:
-        del model
-        raise
+            _check_zeros(model, masks, where, files_folder)
     except MaskMismatchError as error:
-        del model
         if str(error).startswith(where):
             raise
         raise MaskMismatchError(f"{where}: {MASKS_NAME} does not match the model: {error}") from error
-    logger.info("loaded pruned checkpoint %s (regime %s, sparsity %.4f)", where, regime, masks.sparsity())
-    return model, masks
