@@ -18,6 +18,7 @@ SERVED = [
     _config(offload_optimizer={"device": "cpu", "pin_memory": True}),
     _config(offload_optimizer={"device": "none"}, offload_param={"device": "none"}),
     {**_config(), "optimizer": {"type": "AdamW", "params": {"lr": "auto"}}},
+    _config(stage="2"),  # DeepSpeed takes the stage as a string too
 ]
 
 REFUSED = {
@@ -34,6 +35,13 @@ REFUSED = {
     "zero_optimization.zenflow": _config(stage=2, zenflow={"topk_ratio": 0.1}),
     "optimizer.type": {**_config(), "optimizer": {"type": "Muon", "params": {}}},
     "tensor_parallel.autotp_size": {**_config(), "tensor_parallel": {"autotp_size": 2}},
+    "zero_optimization.offload_optimizer.super_offload": _config(
+        offload_optimizer={"device": "cpu", "super_offload": True}
+    ),
+    "zero_optimization.cpu_offload_param": _config(cpu_offload_param=True),
+    "zero_optimization.mics_shard_size=auto": _config(mics_shard_size="auto"),
+    "zero_optimization.zero_hpz_partition_size=auto": _config(zero_hpz_partition_size="auto"),
+    "tensor_parallel.autotp_size=auto": {**_config(), "tensor_parallel": {"autotp_size": "auto"}},
 }
 
 

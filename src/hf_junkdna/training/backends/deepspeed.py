@@ -58,6 +58,8 @@ def check_deepspeed_config(config: dict) -> None:
     """
     zero = config.get("zero_optimization") or {}
     stage = zero.get("stage", 0)
+    if isinstance(stage, str) and stage.strip().isdigit():  # DeepSpeed itself takes "2"
+        stage = int(stage)
 
     def refuse(key: str, value: Any, why: str):
         raise UnsupportedBackendError(
@@ -87,12 +89,21 @@ def check_deepspeed_config(config: dict) -> None:
             ratio,
             "partial offload steps part of the master with a second optimizer the hooks do not see",
         )
+    if isinstance(offload_optimizer, dict) and offload_optimizer.get("super_offload"):
+        refuse(
+            "zero_optimization.offload_optimizer.super_offload",
+            offload_optimizer["super_offload"],
+            "SuperOffload steps the CPU sub-groups in a worker process with its own optimizer, which the mask "
+            "hooks never see",
+        )
     if _device(zero.get("offload_param")) != "none":
         refuse(
             "zero_optimization.offload_param.device",
             _device(zero.get("offload_param")),
             "parameter offload was not verified (offload the optimizer only)",
         )
+    if zero.get("cpu_offload_param"):  # the legacy spelling of offload_param.device='cpu'
+        refuse("zero_optimization.cpu_offload_param", zero["cpu_offload_param"], "parameter offload was not verified")
     for key in ("round_robin_gradients", "zero_quantized_weights", "zero_quantized_gradients"):
         if zero.get(key):
             refuse(f"zero_optimization.{key}", zero[key], "this changes where each parameter's fragment lives")
@@ -102,13 +113,13 @@ def check_deepspeed_config(config: dict) -> None:
             True,
             "ZeRO++ quantized weights were not verified",
         )
-    if int(zero.get("zero_hpz_partition_size", 1) or 1) > 1:
+    if _count(zero, "zero_hpz_partition_size", 1, refuse) > 1:
         refuse(
             "zero_optimization.zero_hpz_partition_size",
             zero["zero_hpz_partition_size"],
             "ZeRO++ hierarchical partitions were not verified",
         )
-    if int(zero.get("mics_shard_size", -1) or -1) > 0:
+    if _count(zero, "mics_shard_size", -1, refuse) > 0:
         refuse("zero_optimization.mics_shard_size", zero["mics_shard_size"], "MiCS sharding was not verified")
     for where, section in (("zero_optimization.zenflow", zero.get("zenflow")), ("zenflow", config.get("zenflow"))):
         if section:
@@ -123,8 +134,19 @@ def check_deepspeed_config(config: dict) -> None:
         )
     if _enabled(config.get("compile")) or (config.get("compile") or {}).get("deepcompile"):
         refuse("compile.deepcompile", True, "DeepCompile rewrites the gradient buffers")
-    if int((config.get("tensor_parallel") or {}).get("autotp_size", 1) or 1) > 1:
+    if _count(config.get("tensor_parallel") or {}, "autotp_size", 1, refuse, "tensor_parallel.") > 1:
         refuse("tensor_parallel.autotp_size", config["tensor_parallel"]["autotp_size"], "AutoTP was not verified")
+
+
+def _count(section: dict, key: str, default: int, refuse, prefix: str = "zero_optimization.") -> int:
+    """An integer setting; anything else ("auto" included: its value decides what is served) is refused by name."""
+    value = section.get(key, default)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        refuse(f"{prefix}{key}", value, "expected an integer here, so whether the masks can serve it is unknown")
 
 
 def current_deepspeed_config(model=None) -> dict | None:
