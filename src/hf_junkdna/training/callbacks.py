@@ -29,7 +29,7 @@ from . import optim_facts
 from . import schedule as regrowth
 from .backends.shards import ShardMaskSet, packed_storages, slice_bits
 from .bitops import keep_bool, scale_by_bits_
-from .mask_binding import MaskBinding, MaskedTensor, unwrap_model
+from .mask_binding import MaskBinding, MaskedTensor, refuse_fsdp1, unwrap_model
 
 
 class MaskRegimeCallback(TrainerCallback):
@@ -79,6 +79,7 @@ class MaskRegimeCallback(TrainerCallback):
         ``ShardMaskSet``: 1 bit per weight of its shards instead of 1 bit per weight of the model.
         """
         self.unbind()
+        refuse_fsdp1(model)  # a clear refusal, before FSDP1's flattened names fail the name check
         self.masks.check_compatible(unwrap_model(model))
         binding = MaskBinding(model, optimizer, self.masks, use_grad_hooks=self.grad_hooks)
         if keep_full_masks is None:

@@ -128,12 +128,25 @@ def _world_size() -> int:
     return 1
 
 
+def is_fsdp1(model: nn.Module) -> bool:
+    """FSDP1 anywhere: the root wrapper (which unwrapping strips), or auto-wrapped blocks deep inside."""
+    return any(type(m).__name__ == "FullyShardedDataParallel" for m in model.modules()) or any(
+        type(p).__name__ == "FlatParameter" for p in model.parameters()
+    )
+
+
+def refuse_fsdp1(model: nn.Module) -> None:
+    """Raise before anything else looks at parameter names (FSDP1 renames and flattens them)."""
+    if is_fsdp1(model):
+        _fsdp1_view(model, [], MaskSet())
+
+
 def detect_backend(model: nn.Module, chain: list) -> str:
     if any(type(opt).__module__.startswith("deepspeed") for opt in chain) or hasattr(model, "ds_config"):
         return "deepspeed"
     if any(type(p).__name__ == "DTensor" for p in model.parameters()):
         return "fsdp2"
-    if any(type(m).__name__ == "FullyShardedDataParallel" for m in [model, *model.children()]):
+    if is_fsdp1(model):
         return "fsdp1"
     return "ddp" if _world_size() > 1 else "plain"
 
@@ -215,6 +228,7 @@ class MaskBinding:
         self.optimizer: torch.optim.Optimizer = chain[-1]
         if not isinstance(self.optimizer, torch.optim.Optimizer):
             raise TypeError(f"expected a torch optimizer inside {type(optimizer).__name__}, found {self.optimizer!r}")
+        refuse_fsdp1(model)  # the wrapped model: unwrapping strips a root FSDP1 wrapper
         self.backend = detect_backend(unwrap_model(model), chain)
         view = BACKENDS[self.backend](model, chain, masks)
         self.entries = view.entries
