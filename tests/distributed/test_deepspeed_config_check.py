@@ -80,3 +80,25 @@ def test_shipped_configs_are_served_and_load_in_accelerate():
             assert (
                 cluster.fsdp_config["fsdp_version"] == 2 and not cluster.fsdp_config["fsdp_cpu_ram_efficient_loading"]
             )
+
+
+def test_a_deepspeed_run_the_optimizer_chain_does_not_show_is_still_checked_at_bind():
+    """ZeRO stage 0 with a torch optimizer looks like a plain run to the optimizer chain: the stock Trainer with
+    a regime callback must refuse it at bind as SparseTrainer does at construction (not bind and clip dense)."""
+    import torch
+    from tiny_models import tiny_llama
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from hf_junkdna import SparsityConfig, prune
+    from hf_junkdna.training import SparseRegimeCallback
+
+    model = tiny_llama()
+    masks = prune(model, SparsityConfig(sparsity=0.5))
+    optimizer = torch.optim.AdamW(model.parameters())
+    SparseRegimeCallback(masks).bind(model, optimizer).detach()  # no DeepSpeed run: binds
+    active = HfDeepSpeedConfig({"zero_optimization": {"stage": 0}, "train_micro_batch_size_per_gpu": 1})
+    try:
+        with pytest.raises(UnsupportedBackendError, match=r"zero_optimization\.stage=0"):
+            SparseRegimeCallback(masks).bind(model, optimizer)
+    finally:
+        del active  # transformers holds it by a weak reference: the run is over

@@ -229,6 +229,11 @@ class MaskBinding:
         if not isinstance(self.optimizer, torch.optim.Optimizer):
             raise TypeError(f"expected a torch optimizer inside {type(optimizer).__name__}, found {self.optimizer!r}")
         refuse_fsdp1(model)  # the wrapped model: unwrapping strips a root FSDP1 wrapper
+        from .backends.deepspeed import check_deepspeed_config, current_deepspeed_config
+
+        deepspeed_config = current_deepspeed_config(model)
+        if deepspeed_config:  # also where the optimizer chain does not show DeepSpeed (stage 0, a torch optimizer)
+            check_deepspeed_config(deepspeed_config)
         self.backend = detect_backend(unwrap_model(model), chain)
         view = BACKENDS[self.backend](model, chain, masks)
         self.entries = view.entries
